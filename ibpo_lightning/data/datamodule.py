@@ -1,0 +1,129 @@
+"""A ``LightningDataModule`` that streams freshly sampled trajectory groups.
+
+Each item of the training stream is one whole :class:`RolloutBatch` (one RL step), produced on
+demand: prompts -> rollout engine -> rewards -> estimator ``plan`` -> collate. The stream has a
+length, so Lightning does not fetch a batch ahead of the optimizer step (which would make every
+batch one policy version stale); the module checks ``batch.policy_version`` to prove it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, IterableDataset
+
+from ibpo_lightning.estimators.base import Estimator
+from ibpo_lightning.rollout.callback import RolloutCallback, find_callback
+from ibpo_lightning.tasks.base import Problem, Task
+from ibpo_lightning.types import RolloutBatch
+
+
+class PromptSampler:
+    """Endless shuffled passes over the training problems; its position is checkpointed."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch, self.offset = size, seed, 0, 0
+        self._order = self._permutation()
+
+    def _permutation(self) -> list[int]:
+        order = list(range(self.size))
+        random.Random(self.seed * 100_003 + self.epoch).shuffle(order)
+        return order
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        while len(out) < k:
+            if self.offset == self.size:
+                self.epoch, self.offset = self.epoch + 1, 0
+                self._order = self._permutation()
+            out.append(self._order[self.offset])
+            self.offset += 1
+        return out
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "offset": self.offset}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.offset = state["epoch"], state["offset"]
+        self._order = self._permutation()
+
+
+class RolloutStream(IterableDataset):
+    """Yields ``steps`` rollout batches, each sampled with the policy of that moment."""
+
+    def __init__(self, datamodule: "RLDataModule") -> None:
+        self.dm = datamodule
+
+    def __len__(self) -> int:
+        return self.dm.steps
+
+    def __iter__(self):
+        for _ in range(self.dm.steps):
+            yield self.dm.next_batch()
+
+
+class RLDataModule(LightningDataModule):
+    """Streams trajectory groups for training and held-out problems for validation.
+
+    Args:
+        task: where problems and the reward come from.
+        prompts_per_step: problems per RL step (each gets ``rollout.group_size`` samples).
+        steps: RL steps per epoch (the length of the training stream).
+        val_batch_size: held-out problems per validation generate call.
+        seed: seed of the prompt order.
+    """
+
+    def __init__(self, task: Task, prompts_per_step: int = 8, steps: int = 20,
+                 val_batch_size: int = 64, seed: int = 0) -> None:
+        super().__init__()
+        if prompts_per_step < 1:
+            raise ValueError(f"data.prompts_per_step must be >= 1, got {prompts_per_step}")
+        if steps < 1:
+            raise ValueError(f"data.steps must be >= 1, got {steps}")
+        self.task, self.prompts_per_step, self.steps = task, prompts_per_step, steps
+        self.val_batch_size, self.seed = val_batch_size, seed
+        self.sampler = PromptSampler(len(task.train_problems()), seed)
+
+    def _parts(self) -> tuple[RolloutCallback, Estimator]:
+        rollout = find_callback(self.trainer, RolloutCallback)
+        estimator = find_callback(self.trainer, Estimator)
+        if rollout is None:
+            raise ValueError("no RolloutCallback configured (the CLI adds one under `rollout:`)")
+        if estimator is None:
+            raise ValueError("no estimator configured: set `estimator: {class_path: ibpo_lightning.estimators.GRPO}`")
+        return rollout, estimator
+
+    def next_batch(self) -> RolloutBatch:
+        """Sample, score and plan one RL step's batch with the current policy."""
+        rollout, estimator = self._parts()
+        problems = self.task.train_problems()
+        chosen = [problems[i] for i in self.sampler.take(self.prompts_per_step)]
+        version = self.trainer.lightning_module.policy_version
+        batch = rollout.sample_groups(chosen, self.task.system_prompt, version)
+        start = time.perf_counter()
+        scores = self.task.score([t.response_text for t in batch.trajectories],
+                                 [batch.answers[t.group] for t in batch.trajectories])
+        for t, r in zip(batch.trajectories, scores):
+            t.reward = float(r)
+        batch.stats["time/reward"] = time.perf_counter() - start
+        start = time.perf_counter()
+        estimator.plan(batch, rollout, self.task)
+        batch.stats["time/estimator"] = time.perf_counter() - start
+        for kind, count in rollout.tokens_by_kind.items():
+            batch.stats[f"tokens/{kind}"] = float(count)
+        return batch.collate(rollout.tokenizer.pad_token_id)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(RolloutStream(self), batch_size=None, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader:
+        held_out: list[Problem] = list(self.task.heldout_problems())
+        return DataLoader(held_out, batch_size=self.val_batch_size, num_workers=0, collate_fn=list)
+
+    def state_dict(self) -> dict:
+        return {"sampler": self.sampler.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.sampler.load_state_dict(state_dict["sampler"])

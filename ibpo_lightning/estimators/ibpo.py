@@ -1,0 +1,209 @@
+"""IBPO: Implicit Behavior Policy Optimization (arXiv 2605.16302), compare-and-correct credit.
+
+For each wrong sample tau_i of a group, the policy is asked to repair it given a sibling as
+reference (correct siblings first); each repair y_hat is verified. Then
+
+    Delta_ik = rho * 1[R_i = 0 and r(y_hat_ik) = 1]          (rho = ``repair_bonus`` = 0.5)
+    phi_i    = mean_k Delta_ik   (0 for correct tau_i)       (``signal``: mean | max)
+    R'_i     = R_i + lambda * phi_i                           (lambda = ``shaping_coef`` = 0.6)
+    A'_i     = (R'_i - mean_g R') / (std_g R' + eps)          (``normalize_std``)
+    A_i,t    = m_i,t * A'_i,  m_i,t = 1[t not kept unchanged by a successful repair]
+
+What is reconstructed (the full paper text was not available; see docs/estimators.md):
+the aggregation of several references into s_i (mean), the use of incorrect siblings when no
+correct one exists (``fallback_refs``), the repair prompt wording, the union of edits over
+several successful repairs, the step-granular mask variant, and the cap on repairs per group.
+Not built: training on the revision itself (``train_on_revision`` in the notes).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Literal
+
+import torch
+
+from ibpo_lightning.estimators.base import Estimator
+from ibpo_lightning.estimators.functional import group_normalise, levenshtein_kept
+from ibpo_lightning.types import Kind, RolloutBatch, Trajectory
+
+REPAIR_PROMPT = (
+    "{problem}\n\nAttempt A:\n{attempt}\n\nAttempt B:\n{reference}\n\n"
+    "Attempt A may contain a mistake. Compare it with attempt B, then write attempt A again, "
+    "changing only what is needed to make it correct."
+)
+
+
+class IBPO(Estimator):
+    """Compare-and-correct shaped reward with an edit mask.
+
+    Args:
+        shaping_coef: lambda in R' = R + lambda * phi.
+        repair_bonus: rho, the comparison signal of one successful repair.
+        n_refs: references per wrong sample; None pairs it with all K-1 siblings (the paper's).
+        ref_policy: ``correct_first`` (correct siblings before wrong ones) or ``random``.
+        fallback_refs: with no correct sibling, ``incorrect`` uses wrong siblings as references,
+            ``skip`` leaves phi = 0.
+        signal: how the repairs of one sample combine into s_i: ``mean`` or ``max``.
+        normalize_std: divide the shaped reward by its group std (off = Dr.GRPO style).
+        mask_mode: ``edited`` puts the advantage of repaired samples only on edited tokens;
+            ``none`` uses the shaped advantage on every token.
+        unchanged_weight: alpha, the advantage weight left on unchanged tokens (0 = edited only).
+        mask_granularity: ``token`` (Levenshtein on tokens) or ``step`` (a step is edited if any
+            of its tokens is).
+        step_delimiter: text that ends a step for the ``step`` granularity.
+        max_repairs_per_group: cap on repair generations per group (None = no cap).
+        revision_temperature: sampling temperature of repairs (None = the rollout's).
+        repair_prompt: template with ``{problem}``, ``{attempt}`` and ``{reference}``.
+        correct_threshold: a reward at or above this counts as correct.
+        eps: added to the std.
+        seed: seed of reference choice and capping.
+    """
+
+    def __init__(
+        self,
+        shaping_coef: float = 0.6,
+        repair_bonus: float = 0.5,
+        n_refs: int | None = None,
+        ref_policy: Literal["correct_first", "random"] = "correct_first",
+        fallback_refs: Literal["incorrect", "skip"] = "incorrect",
+        signal: Literal["mean", "max"] = "mean",
+        normalize_std: bool = True,
+        mask_mode: Literal["edited", "none"] = "edited",
+        unchanged_weight: float = 0.0,
+        mask_granularity: Literal["token", "step"] = "token",
+        step_delimiter: str = "\n",
+        max_repairs_per_group: int | None = None,
+        revision_temperature: float | None = None,
+        repair_prompt: str = REPAIR_PROMPT,
+        correct_threshold: float = 1.0,
+        eps: float = 1e-6,
+        seed: int = 0,
+    ) -> None:
+        for name in ("problem", "attempt", "reference"):
+            if "{" + name + "}" not in repair_prompt:
+                raise ValueError(f"estimator.repair_prompt must contain {{{name}}}")
+        if n_refs is not None and n_refs < 1:
+            raise ValueError(f"estimator.n_refs must be >= 1 or null, got {n_refs}")
+        self.shaping_coef, self.repair_bonus, self.n_refs = shaping_coef, repair_bonus, n_refs
+        self.ref_policy, self.fallback_refs, self.signal = ref_policy, fallback_refs, signal
+        self.normalize_std, self.mask_mode, self.unchanged_weight = normalize_std, mask_mode, unchanged_weight
+        self.mask_granularity, self.step_delimiter = mask_granularity, step_delimiter
+        self.max_repairs_per_group, self.revision_temperature = max_repairs_per_group, revision_temperature
+        self.repair_prompt, self.correct_threshold, self.eps = repair_prompt, correct_threshold, eps
+        self.rng = random.Random(seed)
+
+    # -- plan: generate and verify repairs ---------------------------------------------------
+    def references(self, row: int, siblings: list[int], correct: list[bool]) -> list[int]:
+        """Reference rows for wrong sample ``row`` among its group's ``siblings``."""
+        others = [j for j in siblings if j != row]
+        self.rng.shuffle(others)
+        right = [j for j in others if correct[j]]
+        wrong = [j for j in others if not correct[j]]
+        if self.ref_policy == "correct_first":
+            ordered = right + wrong
+        else:
+            ordered = others
+        if self.fallback_refs == "skip":
+            ordered = [j for j in ordered if correct[j]]
+        return ordered if self.n_refs is None else ordered[: self.n_refs]
+
+    def repair_pairs(self, batch: RolloutBatch) -> list[tuple[int, int]]:
+        """(wrong row, reference row) pairs to repair, capped per group."""
+        correct = [t.reward >= self.correct_threshold for t in batch.trajectories]
+        groups: dict[int, list[int]] = {}
+        for i, t in enumerate(batch.trajectories):
+            if t.kind == Kind.FRESH:
+                groups.setdefault(t.group, []).append(i)
+        pairs = []
+        for rows in groups.values():
+            group_pairs = [(i, r) for i in rows if not correct[i] for r in self.references(i, rows, correct)]
+            if self.max_repairs_per_group is not None and len(group_pairs) > self.max_repairs_per_group:
+                group_pairs = self.rng.sample(group_pairs, self.max_repairs_per_group)
+            pairs.extend(group_pairs)
+        return pairs
+
+    def plan(self, batch, rollout, task) -> None:
+        pairs = self.repair_pairs(batch)
+        trajs = batch.trajectories
+        if self.mask_granularity == "step":
+            for t in trajs:
+                t.step_boundaries = rollout.step_boundaries(t.response_ids, self.step_delimiter)
+        if not pairs:
+            batch.stats.update({"ibpo/revisions": 0.0, "ibpo/revisions_correct": 0.0})
+            return
+        prompts = [
+            rollout.encode(
+                self.repair_prompt.format(
+                    problem=batch.problems[trajs[i].group],
+                    attempt=trajs[i].response_text.strip(),
+                    reference=trajs[r].response_text.strip(),
+                ),
+                task.system_prompt,
+            )
+            for i, r in pairs
+        ]
+        samples = [s[0] for s in rollout.generate(prompts, 1, temperature=self.revision_temperature, kind="revision")]
+        answers = [batch.answers[trajs[i].group] for i, _ in pairs]
+        rewards = task.score([s.text for s in samples], answers)
+        for (i, _), prompt, sample, reward in zip(pairs, prompts, samples, rewards):
+            trajs.append(Trajectory(
+                prompt_ids=prompt, response_ids=sample.token_ids, logprobs=sample.logprobs,
+                prompt_text="", response_text=sample.text, group=trajs[i].group,
+                finished=sample.finished, reward=float(reward), kind=Kind.REVISION, parent=i, trained=False,
+            ))
+        batch.stats["ibpo/revisions"] = float(len(pairs))
+        batch.stats["ibpo/revisions_correct"] = float(sum(r >= self.correct_threshold for r in rewards))
+
+    # -- assign: shaped group advantage times the edit mask ----------------------------------
+    def edit_mask(self, wrong: Trajectory, repairs: list[Trajectory]) -> list[float]:
+        """m_t over ``wrong``'s response: 1 on tokens some successful repair changed."""
+        n = len(wrong.response_ids)
+        edited = [False] * n
+        for rep in repairs:
+            kept = levenshtein_kept(wrong.response_ids, rep.response_ids)
+            edited = [e or not k for e, k in zip(edited, kept)]
+        if self.mask_granularity == "step":
+            edited = _expand_to_steps(edited, wrong.step_boundaries)
+        return [1.0 if e else self.unchanged_weight for e in edited]
+
+    def assign(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = self.trained_mask(batch)
+        token_mask = weights.clone()
+        trajs = batch.trajectories
+        repairs: dict[int, list[Trajectory]] = {}
+        for t in trajs:
+            if t.kind == Kind.REVISION:
+                repairs.setdefault(t.parent, []).append(t)
+        phi = torch.zeros_like(batch.rewards)
+        edited_fractions = []
+        for i, revs in repairs.items():
+            if trajs[i].reward >= self.correct_threshold:
+                continue
+            deltas = [self.repair_bonus * float(r.reward >= self.correct_threshold) for r in revs]
+            phi[i] = sum(deltas) / len(deltas) if self.signal == "mean" else max(deltas)
+            fixed = [r for r in revs if r.reward >= self.correct_threshold]
+            if fixed and self.mask_mode == "edited":
+                m = self.edit_mask(trajs[i], fixed)
+                span = batch.response_slice(i)
+                token_mask[i, span] = torch.tensor(m, dtype=token_mask.dtype, device=token_mask.device)
+                edited_fractions.append(sum(v == 1.0 for v in m) / max(len(m), 1))
+        shaped = batch.rewards + self.shaping_coef * phi
+        rows = self.trained_rows(batch)
+        adv = torch.zeros_like(shaped)
+        adv[rows] = group_normalise(shaped[rows], batch.group_ids[rows], divide_by_std=self.normalize_std, eps=self.eps)
+        batch.stats["ibpo/phi_mean"] = float(phi[rows].mean()) if rows.any() else 0.0
+        batch.stats["ibpo/repaired_samples"] = float(len(edited_fractions))
+        batch.stats["ibpo/edited_token_fraction"] = (  # 0 when no repair succeeded this step
+            sum(edited_fractions) / len(edited_fractions) if edited_fractions else 0.0)
+        return adv.unsqueeze(-1) * token_mask * weights.gt(0), weights
+
+
+def _expand_to_steps(edited: list[bool], boundaries: tuple[int, ...]) -> list[bool]:
+    """Mark every token of a step edited if any token in it is; boundaries are step ends."""
+    out, start = list(edited), 0
+    for end in list(boundaries) + [len(edited)]:
+        if any(edited[start:end]):
+            out[start:end] = [True] * (end - start)
+        start = end
+    return out

@@ -1,0 +1,150 @@
+"""One clipped policy-gradient loss whose variants are switches, not separate classes.
+
+Per token t of sequence i, with advantage A and loss weight w (both from the estimator):
+
+* ratio ``token``: r = exp(logp - old_logp) (PPO / GRPO / DAPO);
+  ratio ``sequence``: r_i = exp(mean_t w(logp - old_logp)) broadcast to every token (GSPO);
+  ratio ``none``: plain REINFORCE, the per-token term is -A * logp.
+* clipped term: max(-r A, -clip(r, 1 - eps_low, 1 + eps_high) A), optionally dual-clipped at
+  -dual_clip * A for negative A (Ye et al. 2020).
+* KL to the reference (k1 | k2 | k3, Schulman's estimators) added with coefficient ``kl_coef``.
+* aggregation ``token_mean`` (sum over all weighted tokens / their total, DAPO),
+  ``seq_mean_token_mean`` (mean over sequences of per-sequence token means, GRPO),
+  ``token_sum_norm`` (token sums / ``norm_constant``, averaged over sequences, Dr.GRPO).
+
+The normaliser is passed in, so that micro-batches of one mini-batch accumulate to exactly the
+mini-batch loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+Ratio = Literal["token", "sequence", "none"]
+Aggregation = Literal["token_mean", "seq_mean_token_mean", "token_sum_norm"]
+KLEstimator = Literal["k1", "k2", "k3"]
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: KLEstimator) -> torch.Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from sampled tokens."""
+    log_ratio = ref_logp - logp
+    if kind == "k1":
+        return -log_ratio
+    if kind == "k2":
+        return 0.5 * log_ratio.square()
+    return torch.exp(log_ratio) - log_ratio - 1.0
+
+
+@dataclass
+class LossStats:
+    """Diagnostics of one loss evaluation (detached scalars, summed over micro-batches)."""
+
+    pg_loss: float = 0.0
+    kl: float = 0.0
+    clip_fraction: float = 0.0
+    ratio_max: float = 0.0
+    ratio_min: float = 0.0
+    entropy: float = 0.0
+
+
+class PolicyLoss:
+    """Clipped policy-gradient loss.
+
+    Args:
+        ratio: ``token`` (PPO/GRPO), ``sequence`` (GSPO geometric-mean ratio) or ``none``
+            (REINFORCE on log-probs, no clipping).
+        eps_low: lower clip range, ratio >= 1 - eps_low.
+        eps_high: upper clip range, ratio <= 1 + eps_high (DAPO clip-higher uses 0.28).
+        dual_clip: if set (> 1), bound the loss of negative-advantage tokens by dual_clip * |A|.
+        aggregation: how token losses become one number (see the module docstring).
+        norm_constant: the constant dividing token sums under ``token_sum_norm``
+            (Dr.GRPO uses the maximum generation length).
+        kl_coef: coefficient of the KL-to-reference term; 0 turns the reference forward off.
+        kl_estimator: ``k1``, ``k2`` or ``k3``.
+    """
+
+    def __init__(
+        self,
+        ratio: Ratio = "token",
+        eps_low: float = 0.2,
+        eps_high: float = 0.2,
+        dual_clip: float | None = None,
+        aggregation: Aggregation = "seq_mean_token_mean",
+        norm_constant: float = 1024.0,
+        kl_coef: float = 0.0,
+        kl_estimator: KLEstimator = "k3",
+    ) -> None:
+        if ratio not in ("token", "sequence", "none"):
+            raise ValueError(f"loss.ratio must be token, sequence or none, got {ratio!r}")
+        if aggregation not in ("token_mean", "seq_mean_token_mean", "token_sum_norm"):
+            raise ValueError(f"loss.aggregation: unknown value {aggregation!r}")
+        if kl_estimator not in ("k1", "k2", "k3"):
+            raise ValueError(f"loss.kl_estimator must be k1, k2 or k3, got {kl_estimator!r}")
+        if dual_clip is not None and dual_clip <= 1.0:
+            raise ValueError(f"loss.dual_clip must be > 1, got {dual_clip}")
+        self.ratio, self.eps_low, self.eps_high, self.dual_clip = ratio, eps_low, eps_high, dual_clip
+        self.aggregation, self.norm_constant = aggregation, norm_constant
+        self.kl_coef, self.kl_estimator = kl_coef, kl_estimator
+
+    def normaliser(self, weights: torch.Tensor) -> float:
+        """The denominator for a whole mini-batch; weights [N, L]."""
+        seqs = float((weights.sum(-1) > 0).sum().clamp(min=1))
+        if self.aggregation == "token_mean":
+            return float(weights.sum().clamp(min=1e-8))
+        if self.aggregation == "token_sum_norm":
+            return seqs * self.norm_constant
+        return seqs
+
+    def __call__(
+        self,
+        logp: torch.Tensor,  # [n, L] current policy log-prob of each token
+        old_logp: torch.Tensor,  # [n, L] behaviour log-prob (detached)
+        advantages: torch.Tensor,  # [n, L]
+        weights: torch.Tensor,  # [n, L] loss weights, 0 outside trained tokens
+        normaliser: float,
+        ref_logp: torch.Tensor | None = None,  # [n, L]
+    ) -> tuple[torch.Tensor, LossStats]:
+        """Loss contribution of these rows to a mini-batch whose normaliser is given."""
+        active = weights > 0
+        if self.ratio == "none":
+            per_token = -advantages * logp
+            ratio = torch.ones_like(logp)
+            clipped = torch.zeros_like(active)
+        else:
+            log_ratio = (logp - old_logp) * active
+            if self.ratio == "sequence":
+                seq = log_ratio.sum(-1) / weights.gt(0).sum(-1).clamp(min=1)  # [n]
+                log_ratio = seq.unsqueeze(-1).expand_as(logp)
+            ratio = torch.exp(log_ratio)
+            bounded = ratio.clamp(1.0 - self.eps_low, 1.0 + self.eps_high)
+            unclipped_loss, clipped_loss = -advantages * ratio, -advantages * bounded
+            per_token = torch.maximum(unclipped_loss, clipped_loss)
+            clipped = (clipped_loss > unclipped_loss) & active
+            if self.dual_clip is not None:
+                dual = torch.minimum(per_token, -advantages * self.dual_clip)
+                per_token = torch.where(advantages < 0, dual, per_token)
+        kl = torch.zeros_like(logp)
+        if ref_logp is not None and self.kl_coef > 0:
+            kl = kl_penalty(logp, ref_logp, self.kl_estimator)
+            per_token = per_token + self.kl_coef * kl
+        loss = self._aggregate(per_token, weights) / normaliser
+        n_active = active.sum().clamp(min=1)
+        masked_ratio = ratio.detach()[active] if active.any() else ratio.new_ones(1)
+        stats = LossStats(
+            pg_loss=float(loss.detach()),
+            kl=float((kl.detach() * active).sum() / n_active),
+            clip_fraction=float(clipped.sum() / n_active),
+            ratio_max=float(masked_ratio.max()),
+            ratio_min=float(masked_ratio.min()),
+        )
+        return loss, stats
+
+    def _aggregate(self, per_token: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        weighted = per_token * weights
+        if self.aggregation == "seq_mean_token_mean":
+            lengths = weights.gt(0).sum(-1).clamp(min=1)
+            return (weighted.sum(-1) / lengths).sum()
+        return weighted.sum()

@@ -1,0 +1,252 @@
+"""The ``LightningModule``: policy, frozen reference model, and the policy-gradient update.
+
+One ``training_step`` consumes one rollout batch: it checks the batch was sampled by the current
+policy, then runs ``ppo_epochs`` x ``mini_batches`` optimizer updates (manual optimization),
+each accumulating micro-batches that never split a group. An update whose loss or gradients
+are not finite is skipped, counted and reported, never applied.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+
+import torch
+from lightning.pytorch import LightningModule
+from torchmetrics import MeanMetric
+
+from ibpo_lightning.losses import PolicyLoss
+from ibpo_lightning.models import load_policy
+from ibpo_lightning.losses import token_logprobs
+from ibpo_lightning.rollout.callback import RolloutCallback, find_callback
+from ibpo_lightning.types import RolloutBatch
+
+
+class StaleBatchError(RuntimeError):
+    """A batch sampled by an older policy reached the optimizer."""
+
+
+class PolicyModule(LightningModule):
+    """Policy + reference model + clipped policy-gradient loss.
+
+    Args:
+        model: a built-in model name, a local Hugging Face directory or a Hub id.
+        loss: the policy-gradient loss and its switches.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        betas: AdamW betas.
+        warmup_steps: linear learning-rate warm-up, in optimizer updates.
+        ppo_epochs: passes over each rollout batch.
+        mini_batches: optimizer updates per pass (groups are split evenly between them).
+        micro_batch_size: rows per forward/backward; whole groups are packed up to this size.
+        max_grad_norm: gradient clipping threshold (None = no clipping, the norm is still logged).
+        gradient_checkpointing: trade compute for memory in the policy's forward pass.
+    """
+
+    def __init__(
+        self,
+        model: str = "smollm2-135m-instruct",
+        loss: PolicyLoss | None = None,
+        lr: float = 1e-5,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        ppo_epochs: int = 1,
+        mini_batches: int = 1,
+        micro_batch_size: int = 16,
+        max_grad_norm: float | None = 1.0,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.model_name, self.loss = model, loss if loss is not None else PolicyLoss()
+        self.lr, self.weight_decay, self.betas, self.warmup_steps = lr, weight_decay, tuple(betas), warmup_steps
+        self.ppo_epochs, self.mini_batches, self.micro_batch_size = ppo_epochs, mini_batches, micro_batch_size
+        self.max_grad_norm, self.gradient_checkpointing = max_grad_norm, gradient_checkpointing
+        self.policy = self.reference = self.tokenizer = None
+        self.policy_version = 0
+        self.skipped_updates = 0
+        self.val_accuracy = MeanMetric()
+
+    # -- models ----------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.policy is not None:
+            return
+        self.policy, self.tokenizer = load_policy(self.model_name)
+        self.policy.train()
+        if self.gradient_checkpointing:
+            self.policy.gradient_checkpointing_enable()
+        self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.reference is not None:
+            self.reference.eval()  # frozen: never in training mode, never updated
+        return self
+
+    def configure_optimizers(self):
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
+        warmup = max(self.warmup_steps, 1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
+        return [opt], [{"scheduler": sched, "interval": "step"}]
+
+    def temperature(self) -> float:
+        rollout = find_callback(self.trainer, RolloutCallback) if self._trainer else None
+        return rollout.temperature if rollout is not None and rollout.temperature > 0 else 1.0
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
+        # rollout batches move their tensors in place; validation batches are problem texts
+        return batch.to(device) if isinstance(batch, RolloutBatch) else batch
+
+    # -- training --------------------------------------------------------------------------
+    def training_step(self, batch: RolloutBatch, batch_idx: int) -> None:
+        if batch.policy_version != self.policy_version:
+            raise StaleBatchError(
+                f"batch sampled by policy version {batch.policy_version}, but the policy is at "
+                f"{self.policy_version}: the stream fetched ahead of the optimizer step"
+            )
+        start = time.perf_counter()
+        rows = [i for i in range(len(batch)) if bool(batch.loss_weights[i].any())]
+        old = self._old_logprobs(batch, rows)
+        ref = self._reference_logprobs(batch, rows)
+        logprob_time = time.perf_counter() - start
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        totals: dict[str, float] = {}
+        updates = 0
+        for _ in range(self.ppo_epochs):
+            for mini in batch.split_groups(rows, self.mini_batches):
+                stats = self._update(batch, mini, old, ref, opt)
+                if stats is None:
+                    continue
+                sched.step()
+                updates += 1
+                for k, v in stats.items():
+                    totals[k] = totals.get(k, 0.0) + v
+        self.policy_version += 1
+        metrics = {f"train/{k}": v / max(updates, 1) for k, v in totals.items()}
+        metrics.update(self._batch_metrics(batch, rows))
+        metrics.update({"time/logprobs": logprob_time, "time/train": time.perf_counter() - start - logprob_time,
+                        "train/skipped_updates": float(self.skipped_updates), "train/lr": sched.get_last_lr()[0]})
+        self.log("reward", metrics["train/reward_mean"], prog_bar=True, on_step=True, on_epoch=False, logger=False)
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(batch))
+
+    def _update(self, batch, rows, old, ref, opt) -> dict[str, float] | None:
+        """One optimizer update over ``rows``; None if it was skipped as non-finite."""
+        weights = batch.loss_weights[rows]
+        normaliser = self.loss.normaliser(weights)
+        opt.zero_grad(set_to_none=True)
+        stats: dict[str, float] = {}
+        n_micro = 0
+        # rows whose every token has zero advantage add nothing to the gradient (without a KL
+        # term) but still count in the normaliser: skip their forward and backward passes
+        if self.loss.kl_coef <= 0:
+            rows = [i for i in rows if bool(batch.advantages[i].any())]
+        for micro in batch.group_chunks(rows, self.micro_batch_size):
+            logp, entropy, width = self._logprobs(self.policy, batch, micro, with_entropy=True)
+            w = batch.loss_weights[micro, :width]
+            old_logp = old[micro, :width] if old is not None else logp.detach()
+            ref_logp = ref[micro, :width] if ref is not None else None
+            loss, st = self.loss(logp, old_logp, batch.advantages[micro, :width], w, normaliser, ref_logp)
+            if not torch.isfinite(loss):
+                return self._skip(opt, "loss")
+            self.manual_backward(loss)
+            n_micro += 1
+            st.entropy = float((entropy * w.gt(0)).sum() / w.gt(0).sum().clamp(min=1))
+            for k, v in vars(st).items():
+                merge = max if k == "ratio_max" else min if k == "ratio_min" else lambda a, b: a + b
+                stats[k] = merge(stats[k], v) if k in stats else v
+        norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm or math.inf)
+        if not torch.isfinite(norm):
+            return self._skip(opt, "gradient")
+        opt.step()
+        averaged = ("kl", "clip_fraction", "entropy")
+        out = {k: v / max(n_micro, 1) if k in averaged else v for k, v in stats.items()}
+        out["grad_norm"] = float(norm)
+        return out
+
+    def _skip(self, opt, what: str) -> None:
+        opt.zero_grad(set_to_none=True)
+        self.skipped_updates += 1
+        warnings.warn(f"step {self.policy_version}: non-finite {what}; update skipped "
+                      f"({self.skipped_updates} skipped so far)", RuntimeWarning, stacklevel=2)
+        return None
+
+    def _logprobs(self, model, batch, rows, with_entropy=False):
+        width = int(batch.attention_mask[rows].sum(-1).max())
+        logp, entropy = token_logprobs(model, batch.input_ids[rows, :width], batch.attention_mask[rows, :width],
+                                       batch.response_mask[rows, :width], self.temperature(), with_entropy)
+        return logp, entropy, width
+
+    @torch.no_grad()
+    def _full_logprobs(self, model, batch, rows) -> torch.Tensor:
+        out = torch.zeros_like(batch.engine_logprobs)
+        for micro in batch.group_chunks(rows, self.micro_batch_size):
+            logp, _, width = self._logprobs(model, batch, micro)
+            out[micro, :width] = logp
+        return out
+
+    def _old_logprobs(self, batch, rows) -> torch.Tensor | None:
+        """Trainer-side behaviour log-probs; only needed when one batch feeds several updates."""
+        if self.ppo_epochs * self.mini_batches == 1:
+            return None  # the single update is on-policy: old = current, detached
+        return self._full_logprobs(self.policy, batch, rows)
+
+    def _reference_logprobs(self, batch, rows) -> torch.Tensor | None:
+        if self.loss.kl_coef <= 0:
+            return None
+        return self._full_logprobs(self.reference, batch, rows)
+
+    def _batch_metrics(self, batch: RolloutBatch, rows: list[int]) -> dict[str, float]:
+        fresh = [i for i, t in enumerate(batch.trajectories) if t.kind == 0]
+        rewards = batch.rewards[fresh]
+        lengths = torch.tensor([len(batch.trajectories[i].response_ids) for i in fresh], dtype=torch.float32)
+        mask = batch.loss_weights[rows] > 0
+        adv = batch.advantages[rows][mask] if mask.any() else torch.zeros(1)
+        metrics = {
+            "train/reward_mean": float(rewards.mean()),
+            "train/reward_std": float(rewards.std()) if len(fresh) > 1 else 0.0,
+            "train/accuracy": float((rewards >= 1.0).float().mean()),
+            "train/response_length": float(lengths.mean()),
+            "train/truncated_fraction": sum(not batch.trajectories[i].finished for i in fresh) / len(fresh),
+            "train/adv_mean": float(adv.mean()),
+            "train/adv_std": float(adv.std()) if adv.numel() > 1 else 0.0,
+            "train/adv_abs_mean": float(adv.abs().mean()),
+            "train/adv_zero_fraction": float((adv == 0).float().mean()),
+            "policy_version": float(self.policy_version),
+        }
+        metrics.update({k: v for k, v in batch.stats.items()})
+        return metrics
+
+    # -- validation: greedy accuracy on the held-out split ---------------------------------------
+    def validation_step(self, problems, batch_idx: int) -> None:
+        rollout = find_callback(self.trainer, RolloutCallback)
+        system = self.trainer.datamodule.task.system_prompt
+        prompts = [rollout.encode(p.prompt, system) for p in problems]
+        samples = rollout.generate(prompts, 1, temperature=0.0, kind="validation")
+        scores = self.trainer.datamodule.task.score([s[0].text for s in samples], [p.answer for p in problems])
+        self.val_accuracy.update(torch.tensor(scores, dtype=torch.float32).ge(1.0).float())
+
+    def on_validation_epoch_end(self) -> None:
+        accuracy = float(self.val_accuracy.compute())
+        self.val_accuracy.reset()
+        if self.trainer.sanity_checking:  # the sanity pass is the "before training" measurement
+            for logger in self.loggers:
+                logger.log_metrics({"val/accuracy": accuracy}, step=0)
+            self.print(f"held-out accuracy before training: {accuracy:.3f}")
+            return
+        self.log("val/accuracy", accuracy, prog_bar=True)
+        self.print(f"held-out accuracy after {self.policy_version} steps: {accuracy:.3f}")
+
+    # -- checkpoint state ----------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["policy_version"] = self.policy_version
+        checkpoint["skipped_updates"] = self.skipped_updates
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.configure_model()
+        self.policy_version = checkpoint.get("policy_version", 0)
+        self.skipped_updates = checkpoint.get("skipped_updates", 0)
+

@@ -1,0 +1,127 @@
+"""The rollout callback: owns the engine, samples trajectory groups, keeps weights in sync."""
+
+from __future__ import annotations
+
+import time
+from typing import TypeVar
+
+from lightning.pytorch import Callback, Trainer
+
+from ibpo_lightning.rollout.engine import RolloutEngine, Sample
+from ibpo_lightning.rollout.hf_engine import HFEngine
+from ibpo_lightning.types import RolloutBatch, Trajectory
+
+C = TypeVar("C")
+
+
+def find_callback(trainer: Trainer, cls: type[C]) -> C | None:
+    """The one callback of type ``cls`` (error if several are configured)."""
+    found = [cb for cb in trainer.callbacks if isinstance(cb, cls)]
+    if len(found) > 1:
+        names = ", ".join(type(cb).__name__ for cb in found)
+        raise ValueError(f"expected one {cls.__name__} callback, found {len(found)}: {names}")
+    return found[0] if found else None
+
+
+class RolloutCallback(Callback):
+    """Samples groups of responses with the rollout engine and syncs weights after updates.
+
+    Args:
+        engine: the rollout engine (HF ``generate`` by default).
+        group_size: samples per prompt (G).
+        max_new_tokens: response length limit.
+        temperature: sampling temperature (the trainer scores tokens at the same temperature).
+        top_p: nucleus sampling threshold.
+        sync_every: sync weights into the engine every this many policy updates.
+    """
+
+    def __init__(
+        self,
+        engine: RolloutEngine | None = None,
+        group_size: int = 8,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        sync_every: int = 1,
+    ) -> None:
+        if group_size < 1:
+            raise ValueError(f"rollout.group_size must be >= 1, got {group_size}")
+        if max_new_tokens < 1:
+            raise ValueError(f"rollout.max_new_tokens must be >= 1, got {max_new_tokens}")
+        self.engine = engine if engine is not None else HFEngine()
+        self.group_size, self.max_new_tokens = group_size, max_new_tokens
+        self.temperature, self.top_p, self.sync_every = temperature, top_p, sync_every
+        self.module = None
+        self.tokens_by_kind: dict[str, int] = {}
+
+    # -- wiring ----------------------------------------------------------------------------
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.module = pl_module
+
+    @property
+    def tokenizer(self):
+        return self.module.tokenizer
+
+    def _engine(self) -> RolloutEngine:
+        if self.engine.tokenizer is None:  # bound lazily: the policy exists after configure_model
+            self.engine.bind(self.module.policy, self.module.tokenizer)
+        return self.engine
+
+    # -- the sampler interface used by the data stream and estimators ------------------------
+    def encode(self, user_text: str, system_prompt: str | None = None) -> list[int]:
+        """Token ids of a chat prompt ending where the assistant's answer starts."""
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        messages.append({"role": "user", "content": user_text})
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        n: int,
+        *,
+        temperature: float | None = None,
+        max_new_tokens: int | None = None,
+        kind: str = "fresh",
+    ) -> list[list[Sample]]:
+        """``n`` samples per token prompt, counted under ``kind`` for compute accounting."""
+        out = self._engine().generate(
+            prompts, n,
+            max_new_tokens=max_new_tokens or self.max_new_tokens,
+            temperature=self.temperature if temperature is None else temperature,
+            top_p=self.top_p,
+        )
+        produced = sum(len(s.token_ids) for group in out for s in group)
+        self.tokens_by_kind[kind] = self.tokens_by_kind.get(kind, 0) + produced
+        return out
+
+    def step_boundaries(self, token_ids: list[int], delimiter: str) -> tuple[int, ...]:
+        """Offsets just after each token whose text contains ``delimiter`` (step ends)."""
+        pieces = self.tokenizer.convert_ids_to_tokens(token_ids)
+        texts = [self.tokenizer.convert_tokens_to_string([p]) for p in pieces]
+        return tuple(i + 1 for i, text in enumerate(texts) if delimiter in text and i + 1 < len(texts))
+
+    def sample_groups(self, problems, system_prompt: str | None, version: int) -> RolloutBatch:
+        """One group of ``group_size`` fresh samples per problem (rewards not yet scored)."""
+        start = time.perf_counter()
+        self.tokens_by_kind = {}
+        prompts = [self.encode(p.prompt, system_prompt) for p in problems]
+        groups = self.generate(prompts, self.group_size)
+        trajs = [
+            Trajectory(prompt_ids=prompt, response_ids=s.token_ids, logprobs=s.logprobs,
+                       prompt_text=p.prompt, response_text=s.text, group=g, finished=s.finished)
+            for g, (p, prompt, group) in enumerate(zip(problems, prompts, groups))
+            for s in group
+        ]
+        batch = RolloutBatch(trajs, policy_version=version,
+                             problems=[p.prompt for p in problems], answers=[p.answer for p in problems])
+        batch.stats["time/generate"] = time.perf_counter() - start
+        return batch
+
+    # -- weight sync -------------------------------------------------------------------------
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if pl_module.policy_version % self.sync_every:
+            return
+        start = time.perf_counter()
+        self._engine().sync_weights(pl_module.policy.named_parameters())
+        pl_module.log("time/sync", time.perf_counter() - start, on_step=True, on_epoch=False)

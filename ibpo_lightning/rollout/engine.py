@@ -1,0 +1,56 @@
+"""The rollout engine interface shared by the HF engine and the vLLM engine."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+
+
+@dataclass
+class Sample:
+    """One generated continuation of a token prompt."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    """Log-prob of each generated token under the sampling distribution."""
+    text: str
+    finished: bool
+    """True when generation ended on an end-of-sequence token, False at the length limit."""
+
+
+class RolloutEngine(ABC):
+    """Generates continuations of token prompts with the current policy.
+
+    ``bind`` hands the engine the trainer's model and tokenizer once; ``sync_weights`` streams
+    updated ``(name, tensor)`` pairs after optimizer steps (a no-op for engines that share the
+    trainer's module).
+    """
+
+    tokenizer = None
+
+    @abstractmethod
+    def bind(self, model: torch.nn.Module, tokenizer) -> None: ...
+
+    @abstractmethod
+    def generate(
+        self,
+        prompts: list[list[int]],
+        n: int,
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+    ) -> list[list[Sample]]:
+        """``n`` samples for each token prompt; temperature 0 means greedy."""
+
+    def continue_from(
+        self, prompts: list[list[int]], prefixes: list[list[int]], n: int, **kwargs
+    ) -> list[list[Sample]]:
+        """``n`` continuations of each ``prompt + prefix`` (resets, Monte-Carlo probes)."""
+        return self.generate([p + q for p, q in zip(prompts, prefixes)], n, **kwargs)
+
+    def sync_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load updated weights; engines sharing the trainer's module need nothing."""

@@ -1,0 +1,7 @@
+"""Tasks: where problems come from and how answers are rewarded."""
+
+from ibpo_lightning.tasks.arithmetic import ArithmeticTask
+from ibpo_lightning.tasks.base import Problem, Task
+from ibpo_lightning.tasks.jsonl import JsonlTask
+
+__all__ = ["ArithmeticTask", "JsonlTask", "Problem", "Task"]

@@ -1,0 +1,138 @@
+"""The one vocabulary type carried between the stages of an RL step.
+
+A :class:`RolloutBatch` is built row by row from :class:`Trajectory` records (while the rollout
+and the estimator's ``plan`` hook add samples), then collated once into padded tensors for the
+estimator's ``assign`` hook and the loss. Shapes: ``N`` trajectories, ``L`` padded sequence
+length (prompt + response, right-padded).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import torch
+
+
+class Kind(IntEnum):
+    """How a trajectory came to be."""
+
+    FRESH = 0  #: sampled from the task prompt
+    RESET_SUFFIX = 1  #: continues a parent from a shared prefix (SRPO / RRPO)
+    REVISION = 2  #: a repair of a parent, generated from a compare-and-correct prompt (IBPO)
+    PROBE = 3  #: Monte-Carlo continuation used for value estimates only
+
+
+@dataclass
+class Trajectory:
+    """One sampled response and where it came from."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    logprobs: list[float]
+    """Engine log-probs of ``response_ids`` under the sampling distribution."""
+    prompt_text: str
+    response_text: str
+    group: int
+    """Index of the task prompt this trajectory answers; groups share it."""
+    finished: bool = True
+    """False when generation stopped at the length limit."""
+    reward: float = 0.0
+    kind: Kind = Kind.FRESH
+    parent: int = -1
+    """Row of the trajectory this one continues or revises, -1 if none."""
+    prefix_len: int = 0
+    """Leading response tokens shared with the parent (never trained on)."""
+    trained: bool = True
+    """False for rows used only for values or comparison (probes, revisions)."""
+    step_boundaries: tuple[int, ...] = ()
+    """Response-token offsets where reasoning steps end."""
+
+
+@dataclass
+class RolloutBatch:
+    """Trajectory groups of one RL step, with their tensors once collated."""
+
+    trajectories: list[Trajectory]
+    policy_version: int
+    """Number of optimizer updates of the policy that sampled this batch."""
+    problems: list[str] = field(default_factory=list)
+    """Problem text of each group (indexed by ``Trajectory.group``)."""
+    answers: list[str] = field(default_factory=list)
+    """Reference answer of each group (indexed by ``Trajectory.group``)."""
+    stats: dict[str, float] = field(default_factory=dict)
+    """Per-step diagnostics (timings, revision counts) logged by the module."""
+
+    input_ids: torch.Tensor | None = None  # [N, L] prompt + response, right-padded
+    attention_mask: torch.Tensor | None = None  # [N, L]
+    response_mask: torch.Tensor | None = None  # [N, L] 1 on response tokens the loss may see
+    engine_logprobs: torch.Tensor | None = None  # [N, L] sampling log-prob of the token at t
+    rewards: torch.Tensor | None = None  # [N]
+    group_ids: torch.Tensor | None = None  # [N]
+    advantages: torch.Tensor | None = None  # [N, L] set by the estimator's assign hook
+    loss_weights: torch.Tensor | None = None  # [N, L] set by the estimator's assign hook
+
+    def __len__(self) -> int:
+        return len(self.trajectories)
+
+    def rows(self, predicate) -> list[int]:
+        return [i for i, t in enumerate(self.trajectories) if predicate(t)]
+
+    def collate(self, pad_id: int) -> "RolloutBatch":
+        """Build the padded tensors from the trajectory records (in place)."""
+        trajs = self.trajectories
+        n = len(trajs)
+        width = max(len(t.prompt_ids) + len(t.response_ids) for t in trajs)
+        ids = torch.full((n, width), pad_id, dtype=torch.long)
+        attn = torch.zeros((n, width), dtype=torch.long)
+        resp = torch.zeros((n, width), dtype=torch.float32)
+        old = torch.zeros((n, width), dtype=torch.float32)
+        for i, t in enumerate(trajs):
+            p, r = len(t.prompt_ids), len(t.response_ids)
+            ids[i, : p + r] = torch.tensor(t.prompt_ids + t.response_ids, dtype=torch.long)
+            attn[i, : p + r] = 1
+            resp[i, p + t.prefix_len : p + r] = 1.0
+            if r:
+                old[i, p : p + r] = torch.tensor(t.logprobs, dtype=torch.float32)
+        self.input_ids, self.attention_mask, self.response_mask, self.engine_logprobs = ids, attn, resp, old
+        self.rewards = torch.tensor([t.reward for t in trajs], dtype=torch.float32)
+        self.group_ids = torch.tensor([t.group for t in trajs], dtype=torch.long)
+        return self
+
+    def groups_of(self, rows: list[int]) -> list[list[int]]:
+        """``rows`` bucketed by group, in order of first appearance."""
+        groups: dict[int, list[int]] = {}
+        for i in rows:
+            groups.setdefault(self.trajectories[i].group, []).append(i)
+        return list(groups.values())
+
+    def split_groups(self, rows: list[int], parts: int) -> list[list[int]]:
+        """Split ``rows`` into up to ``parts`` mini-batches along group boundaries."""
+        groups = self.groups_of(rows)
+        size = -(-len(groups) // max(1, min(parts, len(groups))))
+        return [[i for g in groups[k : k + size] for i in g] for k in range(0, len(groups), size)]
+
+    def group_chunks(self, rows: list[int], max_rows: int) -> list[list[int]]:
+        """Micro-batches of whole groups, each at most ``max_rows`` rows (or one whole group)."""
+        chunks: list[list[int]] = []
+        for g in self.groups_of(rows):
+            if chunks and len(chunks[-1]) + len(g) <= max_rows:
+                chunks[-1].extend(g)
+            else:
+                chunks.append(list(g))
+        return chunks
+
+    def response_slice(self, row: int) -> slice:
+        """Positions of row ``row``'s response tokens in the padded tensors."""
+        t = self.trajectories[row]
+        start = len(t.prompt_ids)
+        return slice(start, start + len(t.response_ids))
+
+    def to(self, device: torch.device | str) -> "RolloutBatch":
+        """Move tensors in place; Lightning calls this instead of copying the dataclass."""
+        for name in ("input_ids", "attention_mask", "response_mask", "engine_logprobs", "rewards",
+                     "group_ids", "advantages", "loss_weights"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value.to(device))
+        return self

@@ -1,0 +1,133 @@
+"""Answer extraction, the exact numeric reward and the math_verify reward (real package)."""
+
+import os
+import pickle
+import signal
+import time
+
+import pytest
+
+from ibpo_lightning.rewards import MathVerifyReward, extract_final_number, number_reward
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("The answer is 42", "42"),
+        ("so x = 12.", "12"),
+        ("It costs 1,234 dollars", "1234"),
+        ("Total: $1,234,567.50", "1234567.50"),
+        ("The result is -5", "-5"),
+        ("x=-4", "-4"),
+        ("20-13", "13"),
+        ("3.5 then 2.", "2"),
+        ("ends 1.5.", "1.5"),
+        ("\\boxed{12} and later 13", "12"),
+        ("first 3 then \\boxed{-7}, then 9", "-7"),
+        ("\\boxed{\\frac{1}{2}}", "1/2"),
+        ("\\boxed{-\\dfrac{3}{4}}", "-3/4"),
+        ("\\boxed{x} so 7", "7"),
+        ("48/2=24 clips\n#### 72\nThat used 3 apples.", "72"),
+        ("#### 1,000 then 5", "1000"),
+        ("no digits here", None),
+        ("", None),
+    ],
+)
+def test_extract_final_number(text, expected):
+    assert extract_final_number(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("completion", "answer", "reward"),
+    [
+        ("So the answer is 72.", "72", 1.0),
+        ("So the answer is 71.", "72", 0.0),
+        ("12.50", "12.5", 1.0),
+        ("\\boxed{0.5}", "1/2", 1.0),
+        ("It is 1,234", "1234", 1.0),
+        ("It is -3", "-3", 1.0),
+        ("It is 3", "-3", 0.0),
+        ("no answer", "3", 0.0),
+        ("#### 18", "Janet sells 9 eggs at $2 each.\n#### 18", 1.0),
+    ],
+)
+def test_number_reward(completion, answer, reward):
+    assert number_reward(completion, answer) == reward
+
+
+@pytest.fixture(scope="module")
+def reward():
+    r = MathVerifyReward(num_workers=2, timeout_s=5.0)
+    yield r
+    r.close()
+
+
+def test_math_verify_gsm8k_style(reward):
+    completions = [
+        "She has 48/2=24 clips. 24+48=72.\n#### 72",
+        "#### 72\nThat used 3 apples.",
+        "#### 1,234",
+        "#### $18.00",
+        "#### 18 dollars",
+        "The answer is 71.\n#### 71",
+        "I don't know",
+    ]
+    answers = ["72", "72", "1,234", "18", "Natalia ... 9*2 = <<9*2=18>>18\n#### 18", "72", "5"]
+    assert reward(completions, answers) == [1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+
+
+def test_math_verify_math_style(reward):
+    cases = [
+        ("So $\\boxed{\\frac{1}{2}}$.", "0.5", 1.0),
+        ("So $\\boxed{0.5}$.", "\\frac{1}{2}", 1.0),
+        ("\\boxed{\\dfrac12}", "1/2", 1.0),
+        ("\\boxed{(3, \\pi/2)}", "\\left( 3, \\frac{\\pi}{2} \\right)", 1.0),
+        ("\\boxed{25}", "025", 1.0),
+        ("\\boxed{2\\sqrt{2}}", "\\sqrt{8}", 1.0),
+        ("\\boxed{\\text{(C)}}", "\\text{(C)}", 1.0),
+        ("\\boxed{\\frac{1}{3}}", "0.5", 0.0),
+        ("\\boxed{0.50001}", "0.5", 0.0),
+        ("\\boxed{}", "1", 0.0),
+    ]
+    completions, answers, expected = zip(*cases)
+    assert reward(list(completions), list(answers)) == list(expected)
+
+
+def test_math_verify_rejects_mismatched_lengths(reward):
+    with pytest.raises(ValueError, match="2 completions but 1 answers"):
+        reward(["1", "2"], ["1"])
+
+
+def test_math_verify_pickles_without_its_pool(reward):
+    reward(["1"], ["1"])
+    copy = pickle.loads(pickle.dumps(reward))
+    assert copy._pool is None
+    assert copy(["\\boxed{3}"], ["3"]) == [1.0]
+    copy.close()
+
+
+def test_math_verify_slow_item_times_out():
+    reward = MathVerifyReward(num_workers=1, timeout_s=1.0)
+    try:
+        reward(["warm up"], ["1"])
+        start = time.monotonic()
+        # Comparing 9^(9^9) with 3 makes sympy work far longer than the timeout.
+        scores = reward(["\\boxed{9^{9^{9}}}", "\\boxed{3}"], ["3", "3"])
+        assert scores == [0.0, 1.0]
+        assert time.monotonic() - start < 4 * 1.0 + 5
+    finally:
+        reward.close()
+
+
+def test_math_verify_recovers_from_a_dead_worker():
+    reward = MathVerifyReward(num_workers=2, timeout_s=5.0)
+    try:
+        assert reward(["\\boxed{1}"], ["1"]) == [1.0]
+        for process in list(reward._pool._processes.values()):
+            os.kill(process.pid, signal.SIGKILL)
+        time.sleep(0.5)
+        scores = reward(["\\boxed{1}", "\\boxed{2}", "\\boxed{3}"], ["1", "2", "3"])
+        assert len(scores) == 3 and set(scores) <= {0.0, 1.0}
+        assert reward(["\\boxed{1}", "\\boxed{2}"], ["1", "2"]) == [1.0, 1.0]
+    finally:
+        reward.close()

@@ -1,0 +1,134 @@
+"""The RL loop end to end on a tiny random model: CLI, staleness guard, frozen reference, skips."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Callback, Trainer
+
+from ibpo_lightning.data import RLDataModule
+from ibpo_lightning.estimators import GRPO, IBPO
+from ibpo_lightning.losses import PolicyLoss
+from ibpo_lightning.module import PolicyModule, StaleBatchError
+from ibpo_lightning.rollout import RolloutCallback
+from tests.helpers import ParityTask
+
+ROOT = Path(__file__).parents[1]
+
+
+def tiny_trainer(tmp_path, *callbacks, steps=3, estimator=None, loss=None, lr=1e-3):
+    module = PolicyModule(model="tiny-random-llama", lr=lr, micro_batch_size=4, loss=loss)
+    data = RLDataModule(ParityTask(num_train=32, num_heldout=4), prompts_per_step=2, steps=steps)
+    rollout = RolloutCallback(group_size=4, max_new_tokens=6)
+    trainer = Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                      limit_val_batches=0, default_root_dir=tmp_path,
+                      callbacks=[rollout, estimator or GRPO(), *callbacks])
+    return trainer, module, data
+
+
+def test_cli_fit_tiny_two_steps(tmp_path):
+    """``ibpo fit -c configs/tiny.yaml`` through the real console entry point."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "ibpo_lightning.cli", "fit", "-c", "configs/tiny.yaml",
+         f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "held-out accuracy before training" in proc.stdout
+    assert "held-out accuracy after 2 steps" in proc.stdout
+    assert list(tmp_path.rglob("events.out.tfevents.*")), "no TensorBoard log written"
+
+
+class VersionRecorder(Callback):
+    def __init__(self):
+        self.pairs = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.pairs.append((batch.policy_version, pl_module.policy_version))
+
+
+def test_every_batch_is_sampled_by_the_policy_it_trains(tmp_path):
+    recorder = VersionRecorder()
+    trainer, module, data = tiny_trainer(tmp_path, recorder, steps=4)
+    trainer.fit(module, data)
+    assert recorder.pairs == [(0, 0), (1, 1), (2, 2), (3, 3)]
+    assert module.policy_version == 4
+
+
+def test_stale_batch_is_refused(tmp_path):
+    trainer, module, data = tiny_trainer(tmp_path, steps=1)
+    trainer.fit(module, data)
+    batch = data.next_batch()
+    batch.policy_version -= 1
+    with pytest.raises(StaleBatchError, match="policy version"):
+        module.training_step(batch, 0)
+
+
+def test_reference_never_changes_while_policy_does(tmp_path):
+    trainer, module, data = tiny_trainer(tmp_path, steps=3, loss=PolicyLoss(kl_coef=0.1))
+    module.configure_model()
+    policy_before = {k: v.clone() for k, v in module.policy.state_dict().items()}
+    ref_before = {k: v.clone() for k, v in module.reference.state_dict().items()}
+    trainer.fit(module, data)
+    assert not module.reference.training
+    assert not any(p.requires_grad for p in module.reference.parameters())
+    assert all(torch.equal(v, module.reference.state_dict()[k]) for k, v in ref_before.items())
+    changed = [k for k, v in policy_before.items() if not torch.equal(v, module.policy.state_dict()[k])]
+    assert len(changed) > len(policy_before) // 2
+
+
+class FaultInjector(Callback):
+    """Makes the logits, the loss or the gradients of one RL step non-finite."""
+
+    def __init__(self, where: str, step: int = 1):
+        self.where, self.step, self.handles = where, step, []
+        self.params_before = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx != self.step:
+            return
+        self.params_before = [p.detach().clone() for p in pl_module.policy.parameters()]
+        if self.where == "loss":
+            batch.advantages[batch.loss_weights > 0] = float("inf")
+        elif self.where == "logits":
+            head = pl_module.policy.get_output_embeddings()
+            self.handles.append(head.register_forward_hook(lambda m, i, out: out * float("nan")))
+        else:
+            param = next(pl_module.policy.parameters())
+            self.handles.append(param.register_hook(lambda g: g * float("nan")))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == self.step:
+            for h in self.handles:
+                h.remove()
+            self.after = [p.detach().clone() for p in pl_module.policy.parameters()]
+
+
+@pytest.mark.parametrize("where", ["logits", "loss", "gradients"])
+def test_non_finite_step_is_skipped_and_counted(tmp_path, where):
+    injector = FaultInjector(where)
+    trainer, module, data = tiny_trainer(tmp_path, injector, steps=3, estimator=IBPO(n_refs=1))
+    with pytest.warns(RuntimeWarning, match="update skipped"):
+        trainer.fit(module, data)
+    assert module.skipped_updates == 1
+    assert module.policy_version == 3  # the run went on
+    assert all(torch.equal(a, b) for a, b in zip(injector.params_before, injector.after))
+    assert all(torch.isfinite(p).all() for p in module.policy.parameters())
+
+
+def test_ibpo_plan_generates_and_verifies_revisions(tmp_path):
+    trainer, module, data = tiny_trainer(tmp_path, steps=1, estimator=IBPO(n_refs=1))
+    trainer.fit(module, data)
+    batch = data.next_batch()
+    wrong = [i for i, t in enumerate(batch.trajectories) if t.kind == 0 and t.reward < 1]
+    revisions = [t for t in batch.trajectories if t.kind == 2]
+    assert len(revisions) == len(wrong)  # one reference each
+    assert sorted(t.parent for t in revisions) == wrong
+    assert all(not t.trained and t.response_ids for t in revisions)
+    assert batch.stats["ibpo/revisions"] == len(wrong)
+    assert batch.stats["tokens/revision"] == sum(len(t.response_ids) for t in revisions)
