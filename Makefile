@@ -3,6 +3,7 @@
 #   make test         install, then run the whole test suite
 VENV ?= .venv
 CONFIG ?= configs/quickstart.yaml
+ARGS ?=
 
 .PHONY: install quickstart test
 
@@ -10,7 +11,7 @@ install:
 	bash scripts/install.sh
 
 quickstart: install
-	$(VENV)/bin/ibpo fit -c $(CONFIG)
+	$(VENV)/bin/ibpo fit -c $(CONFIG) $(ARGS)
 
 test: install
 	$(VENV)/bin/python -m pytest -q -ra

@@ -60,6 +60,7 @@ class PolicyModule(LightningModule):
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        self.save_hyperparameters()
         self.automatic_optimization = False
         self.model_name, self.loss = model, loss if loss is not None else PolicyLoss()
         self.lr, self.weight_decay, self.betas, self.warmup_steps = lr, weight_decay, tuple(betas), warmup_steps
@@ -110,15 +111,19 @@ class PolicyModule(LightningModule):
             )
         start = time.perf_counter()
         rows = [i for i in range(len(batch)) if bool(batch.loss_weights[i].any())]
-        old = self._old_logprobs(batch, rows)
-        ref = self._reference_logprobs(batch, rows)
+        # rows whose every token has zero advantage add nothing to the gradient (without a KL
+        # term) but still count in the loss normaliser: no forward or backward pass for them
+        busy = rows if self.loss.kl_coef > 0 else [i for i in rows if bool(batch.advantages[i].any())]
+        busy_set = set(busy)
+        old = self._old_logprobs(batch, busy)
+        ref = self._reference_logprobs(batch, busy)
         logprob_time = time.perf_counter() - start
         opt, sched = self.optimizers(), self.lr_schedulers()
         totals: dict[str, float] = {}
         updates = 0
         for _ in range(self.ppo_epochs):
             for mini in batch.split_groups(rows, self.mini_batches):
-                stats = self._update(batch, mini, old, ref, opt)
+                stats = self._update(batch, mini, [i for i in mini if i in busy_set], old, ref, opt)
                 if stats is None:
                     continue
                 sched.step()
@@ -133,18 +138,13 @@ class PolicyModule(LightningModule):
         self.log("reward", metrics["train/reward_mean"], prog_bar=True, on_step=True, on_epoch=False, logger=False)
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(batch))
 
-    def _update(self, batch, rows, old, ref, opt) -> dict[str, float] | None:
-        """One optimizer update over ``rows``; None if it was skipped as non-finite."""
-        weights = batch.loss_weights[rows]
-        normaliser = self.loss.normaliser(weights)
+    def _update(self, batch, rows, busy, old, ref, opt) -> dict[str, float] | None:
+        """One optimizer update over ``rows`` (forward passes on ``busy`` only); None if skipped."""
+        normaliser = self.loss.normaliser(batch.loss_weights[rows])
         opt.zero_grad(set_to_none=True)
         stats: dict[str, float] = {}
         n_micro = 0
-        # rows whose every token has zero advantage add nothing to the gradient (without a KL
-        # term) but still count in the normaliser: skip their forward and backward passes
-        if self.loss.kl_coef <= 0:
-            rows = [i for i in rows if bool(batch.advantages[i].any())]
-        for micro in batch.group_chunks(rows, self.micro_batch_size):
+        for micro in batch.group_chunks(busy, self.micro_batch_size):
             logp, entropy, width = self._logprobs(self.policy, batch, micro, with_entropy=True)
             w = batch.loss_weights[micro, :width]
             old_logp = old[micro, :width] if old is not None else logp.detach()
@@ -234,19 +234,27 @@ class PolicyModule(LightningModule):
         self.val_accuracy.reset()
         if self.trainer.sanity_checking:  # the sanity pass is the "before training" measurement
             for logger in self.loggers:
-                logger.log_metrics({"val/accuracy": accuracy}, step=0)
+                logger.log_metrics({"val/accuracy": accuracy, "val/policy_version": 0.0}, step=0)
             self.print(f"held-out accuracy before training: {accuracy:.3f}")
             return
         self.log("val/accuracy", accuracy, prog_bar=True)
+        self.log("val/policy_version", float(self.policy_version))
         self.print(f"held-out accuracy after {self.policy_version} steps: {accuracy:.3f}")
 
     # -- checkpoint state ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # the frozen reference is rebuilt from `model` on load: no need to store it every time
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith("reference.")]:
+            del state[key]
         checkpoint["policy_version"] = self.policy_version
         checkpoint["skipped_updates"] = self.skipped_updates
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.configure_model()
+        state = checkpoint["state_dict"]
+        for key, value in self.reference.state_dict().items():
+            state.setdefault(f"reference.{key}", value)
         self.policy_version = checkpoint.get("policy_version", 0)
         self.skipped_updates = checkpoint.get("skipped_updates", 0)
 

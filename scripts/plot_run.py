@@ -17,11 +17,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def read_series(run_dir: Path) -> dict[str, list[tuple[float, float]]]:
-    """{metric: [(rl_step, value)]}; the RL step is the logged ``policy_version`` (val rows: step)."""
+    """{metric: [(policy updates, value)]}: a training row is placed at the version that sampled
+    it, a validation row at the number of updates the evaluated policy had received."""
     series: dict[str, list[tuple[float, float]]] = {}
     with open(run_dir / "metrics.csv") as f:
         for row in csv.DictReader(f):
-            step = float(row["policy_version"]) - 1 if row.get("policy_version") else float(row["step"])
+            if row.get("policy_version"):
+                step = float(row["policy_version"]) - 1
+            elif row.get("val/policy_version"):
+                step = float(row["val/policy_version"])
+            else:
+                step = float(row["step"]) + (1 if row.get("val/accuracy") and float(row["step"]) > 0 else 0)
             for key, value in row.items():
                 if value and key not in ("step", "epoch"):
                     series.setdefault(key, []).append((step, float(value)))
@@ -43,8 +49,8 @@ def main() -> None:
             ax_r.plot(*zip(*s["train/reward_mean"]), label=label, alpha=0.8)
         if val_steps:
             ax_v.plot(*zip(*val_steps), marker="o", label=label)
-    ax_r.set(title="training reward (mean of sampled groups)", xlabel="RL step", ylabel="reward")
-    ax_v.set(title="held-out greedy accuracy", xlabel="RL step", ylabel="accuracy", ylim=(0, 1))
+    ax_r.set(title="training reward (mean of sampled groups)", xlabel="policy updates (RL steps)", ylabel="reward")
+    ax_v.set(title="held-out greedy accuracy", xlabel="policy updates (RL steps)", ylabel="accuracy", ylim=(0, 1))
     for ax in (ax_r, ax_v):
         ax.grid(alpha=0.3)
         ax.legend()

@@ -73,3 +73,28 @@ def test_non_finite_logits_do_not_crash_sampling():
     finally:
         handle.remove()
     assert all(len(s.token_ids) == 3 and all(math.isfinite(lp) for lp in s.logprobs) for s in samples)
+
+
+def test_sampling_follows_the_distribution():
+    from ibpo_lightning.rollout.hf_engine import _pick
+
+    torch.manual_seed(0)
+    probs = torch.tensor([0.5, 0.0, 0.3, 0.2])
+    logits = probs.clamp(min=1e-30).log().expand(20000, 4)
+    chosen, logp = _pick(logits, 1.0, 1.0)
+    freq = torch.bincount(chosen, minlength=4).float() / len(chosen)
+    assert torch.allclose(freq, probs, atol=0.015)
+    assert int((chosen == 1).sum()) == 0
+    assert torch.allclose(logp, probs[chosen].log(), atol=1e-5)
+    top, _ = _pick(logits, 1.0, 0.6)  # nucleus keeps {0, 2}: 0.5 + 0.3 reaches 0.6
+    assert set(top.tolist()) == {0, 2}
+
+
+def test_continue_from_prefix_extends_the_greedy_answer():
+    model, tok = load_policy("tiny-random-llama")
+    engine = HFEngine()
+    engine.bind(model, tok)
+    prompt = chat(tok, "What is 3 + 4?")
+    (full,) = engine.generate([prompt], 1, max_new_tokens=10, temperature=0.0)[0]
+    (rest,) = engine.continue_from([prompt], [full.token_ids[:4]], 1, max_new_tokens=6, temperature=0.0)[0]
+    assert full.token_ids[:4] + rest.token_ids == full.token_ids

@@ -132,3 +132,36 @@ def test_ibpo_plan_generates_and_verifies_revisions(tmp_path):
     assert all(not t.trained and t.response_ids for t in revisions)
     assert batch.stats["ibpo/revisions"] == len(wrong)
     assert batch.stats["tokens/revision"] == sum(len(t.response_ids) for t in revisions)
+
+
+def test_checkpoint_omits_the_reference_and_restores_it(tmp_path):
+    trainer, module, data = tiny_trainer(tmp_path, steps=2)
+    trainer.fit(module, data)
+    path = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(path)
+    saved = torch.load(path, weights_only=False)
+    assert not any(k.startswith("reference.") for k in saved["state_dict"])
+    assert saved["policy_version"] == 2
+    restored = PolicyModule.load_from_checkpoint(path)
+    assert restored.policy_version == 2
+    for (k, a), b in zip(module.policy.state_dict().items(), restored.policy.state_dict().values()):
+        assert torch.equal(a, b), k
+    fresh = PolicyModule(model="tiny-random-llama")
+    fresh.configure_model()
+    assert all(torch.equal(a, b) for a, b in zip(fresh.policy.state_dict().values(), restored.reference.state_dict().values()))
+
+
+@pytest.mark.slow
+def test_quickstart_config_runs_one_ibpo_step_on_smollm2(tmp_path):
+    """The README's quickstart config, shrunk to one step, on the real SmolLM2 through the CLI."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "ibpo_lightning.cli", "fit", "-c", "configs/quickstart.yaml",
+         f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
+         "--trainer.logger=false", "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false",
+         "--trainer.val_check_interval=1", "--data.steps=1", "--data.prompts_per_step=2",
+         "--data.task.init_args.num_heldout=8"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "held-out accuracy before training" in proc.stdout
+    assert "held-out accuracy after 1 steps" in proc.stdout

@@ -106,5 +106,9 @@ def _pick(logits: torch.Tensor, temperature: float, top_p: float) -> tuple[torch
         drop = mass - sorted_logits.softmax(-1) > top_p  # keep the smallest set reaching top_p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
     logp = logits.log_softmax(-1)
-    chosen = torch.multinomial(logp.exp(), 1).squeeze(-1)
+    # inverse-CDF sampling: one uniform number per row (torch.multinomial draws one per
+    # vocabulary entry and was a quarter of the decode time on CPU)
+    cdf = logp.double().exp().cumsum(-1)
+    u = torch.rand(len(cdf), 1, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+    chosen = torch.searchsorted(cdf, u).squeeze(-1).clamp(max=logits.shape[-1] - 1)
     return chosen, logp.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)

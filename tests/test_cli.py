@@ -1,0 +1,85 @@
+"""The ``ibpo`` CLI: configs parse, --help documents arguments, bad input gets one clear error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ibpo_lightning.cli import run_cli
+
+ROOT = Path(__file__).parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+OVERLAYS = sorted((ROOT / "configs" / "estimators").glob("*.yaml"))
+
+
+def fit(tmp_path, *extra):
+    return run_cli(["fit", "-c", str(ROOT / "configs/tiny.yaml"), f"--trainer.default_root_dir={tmp_path}",
+                    "--trainer.enable_progress_bar=false", "--trainer.logger=false", *extra])
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_every_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["fit", "-c", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert "estimator:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_estimator_overlays_stack_on_a_base_config(overlay, capsys):
+    with pytest.raises(SystemExit):
+        run_cli(["fit", "-c", str(ROOT / "configs/tiny.yaml"), "-c", str(overlay), "--print_config"])
+    out = capsys.readouterr().out
+    assert overlay.read_text().split("class_path: ")[1].split()[0] in out
+
+
+def test_overlay_reaches_nested_loss_switches(capsys):
+    with pytest.raises(SystemExit):
+        run_cli(["fit", "-c", str(ROOT / "configs/tiny.yaml"), "-c", str(ROOT / "configs/estimators/dr_grpo.yaml"),
+                 "--print_config"])
+    out = capsys.readouterr().out
+    assert "aggregation: token_sum_norm" in out and "norm_constant: 1024" in out
+
+
+def test_help_shows_argument_docstrings(capsys):
+    with pytest.raises(SystemExit):
+        run_cli(["fit", "--help"])
+    out = capsys.readouterr().out
+    assert "sampling temperature" in out  # rollout.temperature
+    assert "problems per RL step" in out  # data.prompts_per_step
+    with pytest.raises(SystemExit):
+        run_cli(["fit", "--estimator.help", "IBPO"])
+    assert "lambda in R' = R + lambda * phi" in capsys.readouterr().out
+
+
+def test_unknown_config_key_is_named(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        fit(tmp_path, "--model.learning_rate=0.1")
+    assert "learning_rate" in capsys.readouterr().err
+
+
+def test_missing_class_path_is_named(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        fit(tmp_path, "--estimator=ibpo_lightning.estimators.NoSuchEstimator")
+    assert "NoSuchEstimator" in capsys.readouterr().err
+
+
+def test_missing_model_path_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no/such/model"):
+        fit(tmp_path, f"--model.model={tmp_path}/no/such/model")
+
+
+def test_dataset_row_without_answer_names_file_field_and_row(tmp_path):
+    data = tmp_path / "bad.jsonl"
+    rows = [{"question": "1+1?", "answer": "#### 2"}, {"question": "2+2?"}]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl.*row 2.*'answer'"):
+        fit(tmp_path, "--data.task=ibpo_lightning.tasks.JsonlTask", f"--data.task.train_path={data}",
+            "--data.task.heldout_size=1", "--data.task.reward=number")
+
+
+def test_group_size_below_two_is_refused_for_group_estimators(tmp_path):
+    with pytest.raises(ValueError, match="group_size=1.*at least 2"):
+        fit(tmp_path, "--rollout.group_size=1", "--estimator=ibpo_lightning.estimators.GRPO")
