@@ -21,7 +21,7 @@ from ibpo_lightning.losses import PolicyLoss
 from ibpo_lightning.models import load_policy
 from ibpo_lightning.losses import token_logprobs
 from ibpo_lightning.rollout.callback import RolloutCallback, find_callback
-from ibpo_lightning.types import RolloutBatch
+from ibpo_lightning.types import Kind, RolloutBatch
 
 
 class StaleBatchError(RuntimeError):
@@ -200,7 +200,7 @@ class PolicyModule(LightningModule):
         return self._full_logprobs(self.reference, batch, rows)
 
     def _batch_metrics(self, batch: RolloutBatch, rows: list[int]) -> dict[str, float]:
-        fresh = [i for i, t in enumerate(batch.trajectories) if t.kind == 0]
+        fresh = [i for i, t in enumerate(batch.trajectories) if t.kind == Kind.FRESH]
         rewards = batch.rewards[fresh]
         lengths = torch.tensor([len(batch.trajectories[i].response_ids) for i in fresh], dtype=torch.float32)
         mask = batch.loss_weights[rows] > 0

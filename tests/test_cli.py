@@ -83,3 +83,11 @@ def test_dataset_row_without_answer_names_file_field_and_row(tmp_path):
 def test_group_size_below_two_is_refused_for_group_estimators(tmp_path):
     with pytest.raises(ValueError, match="group_size=1.*at least 2"):
         fit(tmp_path, "--rollout.group_size=1", "--estimator=ibpo_lightning.estimators.GRPO")
+
+
+def test_validate_subcommand_reports_held_out_accuracy(tmp_path):
+    cli = run_cli(["validate", "-c", str(ROOT / "configs/tiny.yaml"), f"--trainer.default_root_dir={tmp_path}",
+                   "--trainer.enable_progress_bar=false", "--trainer.logger=false"])
+    accuracy = cli.trainer.callback_metrics["val/accuracy"]
+    assert 0.0 <= float(accuracy) <= 1.0
+    assert cli.model.policy_version == 0 and cli.model.val_accuracy.update_count == 0  # reset after the epoch
