@@ -20,11 +20,11 @@ from tests.helpers import ParityTask
 ROOT = Path(__file__).parents[1]
 
 
-def tiny_trainer(tmp_path, *callbacks, steps=3, estimator=None, loss=None, lr=1e-3):
+def tiny_trainer(tmp_path, *callbacks, steps=3, estimator=None, loss=None, lr=1e-3, checkpointing=False):
     module = PolicyModule(model="tiny-random-llama", lr=lr, micro_batch_size=4, loss=loss)
     data = RLDataModule(ParityTask(num_train=32, num_heldout=4), prompts_per_step=2, steps=steps)
     rollout = RolloutCallback(group_size=4, max_new_tokens=6)
-    trainer = Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+    trainer = Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=checkpointing,
                       enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                       limit_val_batches=0, default_root_dir=tmp_path,
                       callbacks=[rollout, estimator or GRPO(), *callbacks])
@@ -32,9 +32,11 @@ def tiny_trainer(tmp_path, *callbacks, steps=3, estimator=None, loss=None, lr=1e
 
 
 def test_cli_fit_tiny_two_steps(tmp_path):
-    """``ibpo fit -c configs/tiny.yaml`` through the real console entry point."""
+    """``ibpo fit -c configs/tiny.yaml`` through the installed ``ibpo`` console script."""
+    ibpo = Path(sys.executable).parent / "ibpo"
+    assert ibpo.exists(), "the package's console script is not installed"
     proc = subprocess.run(
-        [sys.executable, "-m", "ibpo_lightning.cli", "fit", "-c", "configs/tiny.yaml",
+        [str(ibpo), "fit", "-c", "configs/tiny.yaml",
          f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
@@ -165,3 +167,22 @@ def test_quickstart_config_runs_one_ibpo_step_on_smollm2(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "held-out accuracy before training" in proc.stdout
     assert "held-out accuracy after 1 steps" in proc.stdout
+
+
+class Interrupt(Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 2:
+            raise KeyboardInterrupt
+
+
+def test_interruption_saves_a_checkpoint(tmp_path):
+    from lightning.pytorch.callbacks import OnExceptionCheckpoint
+
+    trainer, module, data = tiny_trainer(tmp_path, Interrupt(), OnExceptionCheckpoint(dirpath=tmp_path), steps=4,
+                                         checkpointing=True)
+    try:
+        trainer.fit(module, data)
+    except SystemExit:  # Lightning exits after a graceful shutdown on Ctrl-C
+        pass
+    saved = torch.load(tmp_path / "on_exception.ckpt", weights_only=False)
+    assert saved["policy_version"] == 2  # the two finished steps are kept
