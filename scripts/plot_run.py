@@ -44,7 +44,7 @@ def main() -> None:
     fig, (ax_r, ax_v) = plt.subplots(1, 2, figsize=(10, 3.8))
     for run, label in zip(args.runs, labels):
         s = read_series(run)
-        val_steps = [v for v in s.get("val/accuracy", [])]
+        val_steps = s.get("val/accuracy", [])
         if "train/reward_mean" in s:
             ax_r.plot(*zip(*s["train/reward_mean"]), label=label, alpha=0.8)
         if val_steps:

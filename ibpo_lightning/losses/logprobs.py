@@ -26,14 +26,13 @@ def token_logprobs(
     Logits are divided by the sampling temperature so the trainer scores the distribution the
     engine sampled from. Returns [n, L] tensors aligned with ``input_ids``.
     """
+    if not _has_decoder(model):  # no separable output projection: full logits
+        wanted = _predictable(score_mask)
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        return _scatter_logprobs(logits[:, :-1][wanted[:, 1:]].float() / temperature, input_ids, wanted, with_entropy)
     starts = _first_scored(score_mask)
     contexts = [tuple(input_ids[i, : starts[i]].tolist()) for i in range(len(starts))]
     shares = len(set(contexts)) < len(contexts)
-    if not _has_decoder(model):  # no separable output projection: full logits
-        wanted = score_mask.gt(0).clone()
-        wanted[:, 0] = False
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        return _scatter_logprobs(logits[:, :-1][wanted[:, 1:]].float() / temperature, input_ids, wanted, with_entropy)
     if shares and not getattr(model, "is_gradient_checkpointing", False):
         hidden, wanted = _shared_prompt_hidden(model, input_ids, attention_mask, score_mask, starts, contexts)
     else:
@@ -46,6 +45,13 @@ def _has_decoder(model) -> bool:
     return hasattr(model, "get_decoder") and model.get_decoder() is not model
 
 
+def _predictable(score_mask: torch.Tensor) -> torch.Tensor:
+    """[n, L] bool: scored tokens, except position 0, which nothing predicts."""
+    wanted = score_mask.gt(0).clone()
+    wanted[:, 0] = False
+    return wanted
+
+
 def _first_scored(score_mask: torch.Tensor) -> list[int]:
     """Index of each row's first scored token (the row length if none)."""
     has = score_mask.gt(0)
@@ -55,8 +61,7 @@ def _first_scored(score_mask: torch.Tensor) -> list[int]:
 
 def _plain_hidden(model, input_ids, attention_mask, score_mask):
     """Hidden states predicting each scored token, and the [n, L] mask of those tokens."""
-    wanted = score_mask.gt(0).clone()
-    wanted[:, 0] = False  # nothing predicts the first token
+    wanted = _predictable(score_mask)
     hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     return hidden[:, :-1][wanted[:, 1:]], wanted
 
