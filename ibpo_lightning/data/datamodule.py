@@ -100,8 +100,7 @@ class RLDataModule(LightningDataModule):
         rollout, estimator = self._parts()
         problems = self.task.train_problems()
         chosen = [problems[i] for i in self.sampler.take(self.prompts_per_step)]
-        version = self.trainer.lightning_module.policy_version
-        batch = rollout.sample_groups(chosen, self.task.system_prompt, version)
+        batch = rollout.sample_groups(chosen, self.task.system_prompt)
         start = time.perf_counter()
         scores = self.task.score([t.response_text for t in batch.trajectories],
                                  [batch.answers[t.group] for t in batch.trajectories])

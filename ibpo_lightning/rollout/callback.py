@@ -53,6 +53,8 @@ class RolloutCallback(Callback):
         self.temperature, self.top_p, self.sync_every = temperature, top_p, sync_every
         self.module = None
         self.tokens_by_kind: dict[str, int] = {}
+        self.engine_version = 0
+        """Policy version whose weights the engine holds (the version of what it samples)."""
 
     # -- wiring ----------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -65,6 +67,7 @@ class RolloutCallback(Callback):
     def _engine(self) -> RolloutEngine:
         if self.engine.tokenizer is None:  # bound lazily: the policy exists after configure_model
             self.engine.bind(self.module.policy, self.module.tokenizer)
+            self.engine_version = self.module.policy_version
         return self.engine
 
     # -- the sampler interface used by the data stream and estimators ------------------------
@@ -101,7 +104,7 @@ class RolloutCallback(Callback):
         texts = [self.tokenizer.convert_tokens_to_string([p]) for p in pieces]
         return tuple(i + 1 for i, text in enumerate(texts) if delimiter in text and i + 1 < len(texts))
 
-    def sample_groups(self, problems, system_prompt: str | None, version: int) -> RolloutBatch:
+    def sample_groups(self, problems, system_prompt: str | None) -> RolloutBatch:
         """One group of ``group_size`` fresh samples per problem (rewards not yet scored)."""
         start = time.perf_counter()
         self.tokens_by_kind = {}
@@ -113,7 +116,7 @@ class RolloutCallback(Callback):
             for g, (p, prompt, group) in enumerate(zip(problems, prompts, groups))
             for s in group
         ]
-        batch = RolloutBatch(trajs, policy_version=version,
+        batch = RolloutBatch(trajs, policy_version=self.engine_version,
                              problems=[p.prompt for p in problems], answers=[p.answer for p in problems])
         batch.stats["time/generate"] = time.perf_counter() - start
         return batch
@@ -124,4 +127,5 @@ class RolloutCallback(Callback):
             return
         start = time.perf_counter()
         self._engine().sync_weights(pl_module.policy.named_parameters())
+        self.engine_version = pl_module.policy_version
         pl_module.log("time/sync", time.perf_counter() - start, on_step=True, on_epoch=False)
