@@ -21,6 +21,7 @@ class Kind(IntEnum):
     RESET_SUFFIX = 1  #: continues a parent from a shared prefix (SRPO / RRPO)
     REVISION = 2  #: a repair of a parent, generated from a compare-and-correct prompt (IBPO)
     PROBE = 3  #: Monte-Carlo continuation used for value estimates only
+    LOCALISATION = 4  #: SRPO's "name the first wrong thought" call; counted, never a batch row
 
 
 @dataclass

@@ -95,12 +95,16 @@ class RLDataModule(LightningDataModule):
             raise ValueError("no estimator configured: set `estimator: {class_path: ibpo_lightning.estimators.GRPO}`")
         return rollout, estimator
 
+    def draw_problems(self, k: int) -> list[Problem]:
+        """The next ``k`` training problems of the checkpointed prompt order; estimators that need
+        more prompts than ``prompts_per_step`` (DAPO's dynamic sampling) draw them here."""
+        problems = self.task.train_problems()
+        return [problems[i] for i in self.sampler.take(k)]
+
     def next_batch(self) -> RolloutBatch:
         """Sample, score and plan one RL step's batch with the current policy."""
         rollout, estimator = self._parts()
-        problems = self.task.train_problems()
-        chosen = [problems[i] for i in self.sampler.take(self.prompts_per_step)]
-        batch = rollout.sample_groups(chosen, self.task.system_prompt)
+        batch = rollout.sample_groups(self.draw_problems(self.prompts_per_step), self.task.system_prompt)
         start = time.perf_counter()
         scores = self.task.score([t.response_text for t in batch.trajectories],
                                  [batch.answers[t.group] for t in batch.trajectories])

@@ -77,3 +77,90 @@ def levenshtein_kept(source: list[int], target: list[int]) -> list[bool]:
         else:
             j -= 1
     return kept
+
+
+def zscore_within(values: torch.Tensor, ids: torch.Tensor, *, min_std: float = 1e-8) -> torch.Tensor:
+    """(v - mean) / std over rows sharing an id, population std (ddof 0); 0 where std < ``min_std``.
+
+    SRPO's sub-group normalisation: a uniform sub-group (or a sub-group of one) gets advantage 0.
+    """
+    out = torch.zeros_like(values)
+    for g in ids.unique():
+        rows = ids == g
+        v = values[rows]
+        std = v.std(unbiased=False) if v.numel() > 1 else v.new_zeros(())
+        if std >= min_std:
+            out[rows] = (v - v.mean()) / std
+    return out
+
+
+def value_differences(values: list[float], boundaries: tuple[int, ...], length: int) -> torch.Tensor:
+    """Per-token advantage V(s_k) - V(s_{k-1}) on the tokens of step k (VinePPO, SPO).
+
+    ``values`` holds V(s_0) (before the response), the value after each boundary, and the
+    terminal value (the reward): ``len(boundaries) + 2`` numbers for a ``length``-token response.
+    """
+    if len(values) != len(boundaries) + 2:
+        raise ValueError(f"need {len(boundaries) + 2} values for {len(boundaries)} boundaries, got {len(values)}")
+    out = torch.zeros(length)
+    for k, (start, end) in enumerate(zip((0, *boundaries), (*boundaries, length))):
+        out[start:end] = values[k + 1] - values[k]
+    return out
+
+
+def overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: int, factor: float = 1.0) -> torch.Tensor:
+    """DAPO's soft overlong punishment of response lengths [N] (0 to -``factor``).
+
+    0 up to ``max_length - buffer`` tokens, then falling linearly to -factor at ``max_length``,
+    and -factor beyond it.
+    """
+    start = max_length - buffer
+    ramp = (start - lengths.float()) / buffer
+    return factor * torch.where(lengths <= start, torch.zeros_like(ramp), ramp.clamp(min=-1.0))
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = True,
+                  eps: float = 1e-8) -> torch.Tensor:
+    """(v - mean) / sqrt(var + eps) over the masked entries of the whole tensor, 0 elsewhere.
+
+    Mean and variance are taken over tokens (so longer rows weigh more), the variance with
+    Bessel's correction, as verl's ``masked_whiten``; ``shift_mean=False`` only rescales.
+    """
+    m = mask.float()
+    n = m.sum().clamp(min=1.0)
+    mean = (values * m).sum() / n
+    var = ((values - mean).square() * m).sum() / n
+    if n > 1:
+        var = var * n / (n - 1)
+    centred = values - mean if shift_mean else values
+    return centred * torch.rsqrt(var + eps) * m
+
+
+def discounted_returns(token_rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """G_t = sum_{k >= t} gamma^(k - t) r_k along each row [N, L], over masked tokens only."""
+    out = torch.zeros_like(token_rewards)
+    running = torch.zeros_like(token_rewards[:, 0])
+    r = token_rewards * mask
+    for t in range(token_rewards.shape[1] - 1, -1, -1):
+        running = r[:, t] + gamma * running * mask[:, t].gt(0)
+        out[:, t] = running
+    return out * mask
+
+
+def step_of_tokens(length: int, boundaries: tuple[int, ...]) -> torch.Tensor:
+    """[length] index of the step each response token belongs to (boundaries are step ends)."""
+    steps = torch.zeros(length, dtype=torch.long)
+    for end in boundaries:
+        steps[end:] += 1
+    return steps
+
+
+def zscore(values: torch.Tensor) -> torch.Tensor:
+    """(v - mean) / std with the population std; all zeros for one value or equal values."""
+    std = values.std(unbiased=False) if values.numel() > 1 else values.new_zeros(())
+    return (values - values.mean()) / std if std > 1e-8 else torch.zeros_like(values)
+
+
+def attribution_factors(z: torch.Tensor, sign: float, coef: float) -> torch.Tensor:
+    """ACPO step credit max(0, 1 + coef * sign * z_k) for attribution z-scores ``z`` of the steps."""
+    return (1.0 + coef * sign * z).clamp(min=0.0)

@@ -1,0 +1,167 @@
+"""Monte-Carlo step values: VinePPO (arXiv 2410.01679) and SPO-chain (arXiv 2505.23564).
+
+Each trained sample is cut at step boundaries b_1 < ... < b_{n-1}. From every boundary,
+``n_probes`` (K) continuations of ``prompt + response[:b_k]`` are sampled: rows of kind ``PROBE``
+with ``trained=False``, ``parent`` and ``prefix_len = b_k``, used for values only. Then
+
+    V(s_k) = mean reward of the probes from b_k       V(s_n) = R_i (the terminal value)
+    V(s_0) = mean reward of K probes from the prompt, shared by the group (``initial_value:
+             probes``, VinePPO) or the group's mean reward (``group_mean``, SPO)
+    A_t    = V(s_k) - V(s_{k-1}) on every token of step k            (gamma = 1)
+
+SPO's switches: fixed-size segments (``segment_tokens``) instead of delimiter steps, and the
+probability mask M_t = 1[pi_old(y_t) < ``prob_threshold``] (only low-probability tokens get
+loss weight; with ``loss.aggregation: seq_mean_token_mean`` the loss of a sample is divided by
+sum_t M_t, as in the paper). Compute: K probes per boundary; ``max_steps`` keeps at most that
+many evenly spaced boundaries per sample (merged steps get the telescoped value difference) and
+``max_probes`` caps the boundary probes of one RL step by lowering that per-sample limit.
+
+Reconstructed (docs/estimators.md): VinePPO's V(s_0) from probes of the prompt and the caps;
+SPO's K, its segment length (600 tokens is the paper's SPO-tree length) and MC temperature
+(0.7, from the SRPO authors' re-implementation). Not built: SPO-tree and SPO's cutpoint-based
+segmentation; probes are not shared between samples with equal prefixes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from ibpo_lightning.estimators.base import Estimator
+from ibpo_lightning.estimators.functional import value_differences
+from ibpo_lightning.estimators.segments import continue_prefixes, segment, thin
+from ibpo_lightning.types import Kind, RolloutBatch, Trajectory
+
+
+class VinePPO(Estimator):
+    """Step advantages from Monte-Carlo values at step boundaries.
+
+    Args:
+        n_probes: K, continuations per boundary (VinePPO: 9).
+        delimiter: text that ends a step (VinePPO: a newline).
+        segment_tokens: if set, cut every this many tokens instead of at ``delimiter`` (SPO).
+        initial_value: V(s_0) from K ``probes`` of the prompt, or the ``group_mean`` reward.
+        prob_threshold: if set, only tokens sampled with probability below it get loss weight (SPO: 0.9).
+        max_steps: at most this many boundaries per sample, evenly spaced (None = all).
+        max_probes: cap on boundary probes per RL step (None = no cap); prompt probes not included.
+        probe_temperature: sampling temperature of the probes (None = the rollout's).
+    """
+
+    name = "vineppo"
+
+    def __init__(self, n_probes: int = 9, delimiter: str = "\n", segment_tokens: int | None = None,
+                 initial_value: Literal["probes", "group_mean"] = "probes", prob_threshold: float | None = None,
+                 max_steps: int | None = None, max_probes: int | None = None,
+                 probe_temperature: float | None = None) -> None:
+        if n_probes < 1:
+            raise ValueError(f"estimator.n_probes must be >= 1, got {n_probes}")
+        if segment_tokens is None and not delimiter:
+            raise ValueError("estimator.delimiter must be non-empty when estimator.segment_tokens is null")
+        if segment_tokens is not None and segment_tokens < 1:
+            raise ValueError(f"estimator.segment_tokens must be >= 1 or null, got {segment_tokens}")
+        if initial_value not in ("probes", "group_mean"):
+            raise ValueError(f"estimator.initial_value must be probes or group_mean, got {initial_value!r}")
+        for field, value in (("max_steps", max_steps), ("max_probes", max_probes)):
+            if value is not None and value < 0:
+                raise ValueError(f"estimator.{field} must be >= 0 or null, got {value}")
+        self.n_probes, self.delimiter, self.segment_tokens = n_probes, delimiter, segment_tokens
+        self.initial_value, self.prob_threshold = initial_value, prob_threshold
+        self.max_steps, self.max_probes, self.probe_temperature = max_steps, max_probes, probe_temperature
+        self.group_relative = initial_value == "group_mean"
+
+    def boundaries(self, batch: RolloutBatch, rows: list[int], tokenizer) -> dict[int, tuple[int, ...]]:
+        """Probed boundaries of each row, within ``max_steps`` and ``max_probes``."""
+        trajs = batch.trajectories
+        cuts = {i: thin(segment(tokenizer, trajs[i].response_ids, self.delimiter, self.segment_tokens),
+                        self.max_steps) for i in rows}
+        if self.max_probes is not None:
+            budget, keep = self.max_probes // self.n_probes, max((len(c) for c in cuts.values()), default=0)
+            while keep > 0 and sum(min(len(c), keep) for c in cuts.values()) > budget:
+                keep -= 1
+            cuts = {i: thin(c, keep) for i, c in cuts.items()}
+        return cuts
+
+    def plan(self, batch, rollout, task) -> None:
+        trajs, tok = batch.trajectories, rollout.tokenizer
+        rows = batch.rows(lambda t: t.kind == Kind.FRESH and t.trained)
+        cuts = self.boundaries(batch, rows, tok)
+        items = [(i, b, i) for i in rows for b in cuts[i]]  # (source row, prefix length, parent)
+        if self.initial_value == "probes":
+            items += [(g[0], 0, -1) for g in batch.groups_of(rows)]
+        for i in rows:
+            trajs[i].step_boundaries = cuts[i]
+        samples = continue_prefixes(rollout, [trajs[i].prompt_ids for i, _, _ in items],
+                                    [trajs[i].response_ids[:b] for i, b, _ in items], self.n_probes,
+                                    kind=Kind.PROBE.name.lower(), temperature=self.probe_temperature)
+        probes = []
+        for (i, b, parent), group in zip(items, samples):
+            src = trajs[i]
+            for s in group:
+                ids = src.response_ids[:b] + s.token_ids
+                probes.append(Trajectory(
+                    prompt_ids=src.prompt_ids, response_ids=ids, logprobs=src.logprobs[:b] + s.logprobs,
+                    prompt_text=src.prompt_text, response_text=tok.decode(ids, skip_special_tokens=True),
+                    group=src.group, finished=s.finished, kind=Kind.PROBE, parent=parent, prefix_len=b,
+                    trained=False))
+        answers = [batch.answers[t.group] for t in probes]
+        rewards = task.score([t.response_text for t in probes], answers) if probes else []
+        for t, r in zip(probes, rewards):
+            t.reward = float(r)
+        trajs.extend(probes)
+        batch.stats[f"{self.name}/probes"] = float(len(probes))
+        batch.stats[f"{self.name}/steps"] = sum(len(c) + 1 for c in cuts.values()) / max(len(cuts), 1)
+
+    def assign(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        weights, trajs = self.trained_mask(batch), batch.trajectories
+        start: dict[int, list[float]] = {}
+        after: dict[tuple[int, int], list[float]] = {}
+        for t in trajs:
+            if t.kind == Kind.PROBE and t.parent < 0:
+                start.setdefault(t.group, []).append(t.reward)
+            elif t.kind == Kind.PROBE:
+                after.setdefault((t.parent, t.prefix_len), []).append(t.reward)
+        rows = self.trained_rows(batch).nonzero().flatten().tolist()
+        group_rewards: dict[int, list[float]] = {}
+        for i in rows:
+            group_rewards.setdefault(trajs[i].group, []).append(trajs[i].reward)
+        adv = torch.zeros_like(weights)
+        for i in rows:
+            t = trajs[i]
+            if self.initial_value == "probes" and t.group not in start:
+                raise ValueError(f"group {t.group} has no probes of its prompt: was {self.name}.plan run?")
+            v0 = _mean(start[t.group] if self.initial_value == "probes" else group_rewards[t.group])
+            bounds = tuple(b for b in t.step_boundaries if (i, b) in after)
+            values = [v0, *(_mean(after[(i, b)]) for b in bounds), t.reward]
+            adv[i, batch.response_slice(i)] = value_differences(values, bounds, len(t.response_ids)).to(adv)
+        if self.prob_threshold is not None:
+            weights = weights * (batch.engine_logprobs.exp() < self.prob_threshold)
+        return adv * weights.gt(0), weights
+
+
+class SPO(VinePPO):
+    """SPO-chain: fixed-size segments, V(s_0) = group mean, probability mask (VinePPO's switches).
+
+    Args:
+        n_probes: K, continuations per segment boundary.
+        delimiter: text that ends a segment when ``segment_tokens`` is null.
+        segment_tokens: segment length in tokens (the paper's SPO-tree uses 600).
+        initial_value: V(s_0): the ``group_mean`` reward (SPO) or K ``probes`` of the prompt.
+        prob_threshold: only tokens sampled with probability below it get loss weight (rho = 0.9).
+        max_steps: at most this many boundaries per sample, evenly spaced (None = all).
+        max_probes: cap on boundary probes per RL step (None = no cap).
+        probe_temperature: sampling temperature of the probes (0.7).
+    """
+
+    name = "spo"
+
+    def __init__(self, n_probes: int = 4, delimiter: str = "\n", segment_tokens: int | None = 600,
+                 initial_value: Literal["probes", "group_mean"] = "group_mean", prob_threshold: float | None = 0.9,
+                 max_steps: int | None = None, max_probes: int | None = None,
+                 probe_temperature: float | None = 0.7) -> None:
+        super().__init__(n_probes, delimiter, segment_tokens, initial_value, prob_threshold, max_steps, max_probes,
+                         probe_temperature)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)

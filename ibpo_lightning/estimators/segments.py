@@ -1,0 +1,83 @@
+"""Steps of a response and continuations from a prefix: the plan-side helpers of the estimators
+that reset (SRPO, RRPO) or probe (VinePPO, SPO) at step boundaries.
+
+A boundary is a response-token offset where a step ends (the response end is never one), the
+convention of ``Trajectory.step_boundaries``. Segmenting works on the decoded text of each token,
+so a delimiter that the tokenizer splits over several tokens (``</thought>``) or merges into a
+larger token (``".\\n\\n"``) is still found.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ibpo_lightning.rollout.engine import Sample
+
+if TYPE_CHECKING:
+    from ibpo_lightning.rollout.callback import RolloutCallback
+
+
+def delimiter_ends(token_texts: list[str], delimiter: str) -> tuple[int, ...]:
+    """Offsets just after the token holding the last character of each ``delimiter`` occurrence."""
+    if not delimiter:
+        raise ValueError("delimiter must be a non-empty string")
+    owner: list[int] = []  # token index of every character of the joined text
+    for i, text in enumerate(token_texts):
+        owner.extend([i] * len(text))
+    joined, ends, start = "".join(token_texts), [], 0
+    while (hit := joined.find(delimiter, start)) >= 0:
+        start = hit + len(delimiter)
+        end = owner[start - 1] + 1
+        if end < len(token_texts) and (not ends or ends[-1] != end):
+            ends.append(end)
+    return tuple(ends)
+
+
+def fixed_ends(length: int, size: int) -> tuple[int, ...]:
+    """Boundaries every ``size`` tokens of a ``length``-token response."""
+    if size < 1:
+        raise ValueError(f"segment size must be >= 1, got {size}")
+    return tuple(range(size, length, size))
+
+
+def thin(boundaries: tuple[int, ...], keep: int | None) -> tuple[int, ...]:
+    """At most ``keep`` of ``boundaries``, evenly spaced (merging steps in between)."""
+    n = len(boundaries)
+    if keep is None or n <= keep:
+        return tuple(boundaries)
+    if keep <= 0:
+        return ()
+    return tuple(boundaries[round((k + 1) * (n + 1) / (keep + 1)) - 1] for k in range(keep))
+
+
+def token_texts(tokenizer, token_ids: list[int]) -> list[str]:
+    """Decoded text of each token on its own."""
+    return [tokenizer.convert_tokens_to_string([p]) for p in tokenizer.convert_ids_to_tokens(token_ids)]
+
+
+def segment(tokenizer, token_ids: list[int], delimiter: str | None, size: int | None = None) -> tuple[int, ...]:
+    """Step boundaries of a response: every ``size`` tokens if given, else at ``delimiter``."""
+    if size is not None:
+        return fixed_ends(len(token_ids), size)
+    return delimiter_ends(token_texts(tokenizer, token_ids), delimiter)
+
+
+def continue_prefixes(
+    rollout: "RolloutCallback", prompts: list[list[int]], prefixes: list[list[int]], n: int, *,
+    kind: str, temperature: float | None = None,
+) -> list[list[Sample]]:
+    """``n`` continuations of each ``prompt + prefix`` through the rollout (counted as ``kind``).
+
+    Each continuation gets the budget left after its prefix (``rollout.max_new_tokens`` minus the
+    prefix length, at least 1), so a reset or probe is never longer than a fresh sample; prefixes
+    of equal length share one generate call.
+    """
+    budgets = [max(1, rollout.max_new_tokens - len(p)) for p in prefixes]
+    out: list[list[Sample] | None] = [None] * len(prompts)
+    for budget in sorted(set(budgets)):
+        idx = [i for i, b in enumerate(budgets) if b == budget]
+        got = rollout.generate([prompts[i] + prefixes[i] for i in idx], n, temperature=temperature,
+                               max_new_tokens=budget, kind=kind)
+        for i, samples in zip(idx, got):
+            out[i] = samples
+    return out
