@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torchmetrics import MeanMetric
 
-from ibpo_lightning.losses import PolicyLoss
+from ibpo_lightning.losses import PolicyLoss, truncated_importance_weight
 from ibpo_lightning.models import load_policy
 from ibpo_lightning.losses import token_logprobs
 from ibpo_lightning.rollout.callback import RolloutCallback, find_callback
@@ -26,6 +26,25 @@ from ibpo_lightning.types import Kind, RolloutBatch
 
 class StaleBatchError(RuntimeError):
     """A batch sampled by an older policy reached the optimizer."""
+
+
+class _Mismatch:
+    """Running mean and max of |trainer log-prob - engine log-prob| over response tokens."""
+
+    def __init__(self) -> None:
+        self.total, self.count, self.max = 0.0, 0, 0.0
+
+    def add(self, diffs: torch.Tensor) -> None:
+        if diffs.numel():
+            self.total += float(diffs.sum())
+            self.count += diffs.numel()
+            self.max = max(self.max, float(diffs.max()))
+
+    def metrics(self, lag: int) -> dict[str, float]:
+        out = {"rollout/policy_lag": float(lag)}
+        if self.count:
+            out.update({"rollout/logprob_diff_mean": self.total / self.count, "rollout/logprob_diff_max": self.max})
+        return out
 
 
 class PolicyModule(LightningModule):
@@ -43,6 +62,10 @@ class PolicyModule(LightningModule):
         micro_batch_size: rows per forward/backward; whole groups are packed up to this size.
         max_grad_norm: gradient clipping threshold (None = no clipping, the norm is still logged).
         gradient_checkpointing: trade compute for memory in the policy's forward pass.
+        max_policy_lag: how many updates older than the policy a batch's sampler may be; 0 refuses
+            any stale batch. Above 0, advantages are weighted by the truncated importance ratio
+            ``min(pi_trainer / pi_engine, tis_cap)`` of each token.
+        tis_cap: truncation of that importance ratio.
     """
 
     def __init__(
@@ -58,6 +81,8 @@ class PolicyModule(LightningModule):
         micro_batch_size: int = 16,
         max_grad_norm: float | None = 1.0,
         gradient_checkpointing: bool = False,
+        max_policy_lag: int = 0,
+        tis_cap: float = 2.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -66,6 +91,10 @@ class PolicyModule(LightningModule):
         self.lr, self.weight_decay, self.betas, self.warmup_steps = lr, weight_decay, tuple(betas), warmup_steps
         self.ppo_epochs, self.mini_batches, self.micro_batch_size = ppo_epochs, mini_batches, micro_batch_size
         self.max_grad_norm, self.gradient_checkpointing = max_grad_norm, gradient_checkpointing
+        if max_policy_lag < 0 or tis_cap <= 0:
+            raise ValueError(f"model.max_policy_lag must be >= 0 and model.tis_cap > 0, got "
+                             f"{max_policy_lag} and {tis_cap}")
+        self.max_policy_lag, self.tis_cap = max_policy_lag, tis_cap
         self.policy = self.reference = self.tokenizer = None
         self.policy_version = 0
         self.skipped_updates = 0
@@ -104,10 +133,12 @@ class PolicyModule(LightningModule):
 
     # -- training --------------------------------------------------------------------------
     def training_step(self, batch: RolloutBatch, batch_idx: int) -> None:
-        if batch.policy_version != self.policy_version:
+        lag = self.policy_version - batch.policy_version
+        if not 0 <= lag <= self.max_policy_lag:
             raise StaleBatchError(
                 f"batch sampled by policy version {batch.policy_version}, but the policy is at "
-                f"{self.policy_version}: the stream fetched ahead of the optimizer step"
+                f"{self.policy_version} (model.max_policy_lag={self.max_policy_lag}): the engine missed "
+                "a weight sync or the stream fetched ahead of the optimizer step"
             )
         start = time.perf_counter()
         rows = [i for i in range(len(batch)) if bool(batch.loss_weights[i].any())]
@@ -120,10 +151,12 @@ class PolicyModule(LightningModule):
         logprob_time = time.perf_counter() - start
         opt, sched = self.optimizers(), self.lr_schedulers()
         totals: dict[str, float] = {}
+        mismatch = _Mismatch()
         updates = 0
-        for _ in range(self.ppo_epochs):
+        for epoch in range(self.ppo_epochs):
             for mini in batch.split_groups(rows, self.mini_batches):
-                stats = self._update(batch, mini, [i for i in mini if i in busy_set], old, ref, opt)
+                stats = self._update(batch, mini, [i for i in mini if i in busy_set], old, ref, opt,
+                                     mismatch if epoch == 0 else None)
                 if stats is None:
                     continue
                 sched.step()
@@ -132,14 +165,18 @@ class PolicyModule(LightningModule):
                     totals[k] = totals.get(k, 0.0) + v
         self.policy_version += 1
         metrics = {f"train/{k}": v / max(updates, 1) for k, v in totals.items()}
+        metrics.update(mismatch.metrics(lag))
         metrics.update(self._batch_metrics(batch, rows))
         metrics.update({"time/logprobs": logprob_time, "time/train": time.perf_counter() - start - logprob_time,
                         "train/skipped_updates": float(self.skipped_updates), "train/lr": sched.get_last_lr()[0]})
         self.log("reward", metrics["train/reward_mean"], prog_bar=True, on_step=True, on_epoch=False, logger=False)
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(batch))
 
-    def _update(self, batch, rows, busy, old, ref, opt) -> dict[str, float] | None:
-        """One optimizer update over ``rows`` (forward passes on ``busy`` only); None if skipped."""
+    def _update(self, batch, rows, busy, old, ref, opt, mismatch=None) -> dict[str, float] | None:
+        """One optimizer update over ``rows`` (forward passes on ``busy`` only); None if skipped.
+
+        ``mismatch`` collects trainer-vs-engine log-prob differences (first pass over the batch).
+        """
         normaliser = self.loss.normaliser(batch.loss_weights[rows])
         opt.zero_grad(set_to_none=True)
         stats: dict[str, float] = {}
@@ -149,7 +186,13 @@ class PolicyModule(LightningModule):
             w = batch.loss_weights[micro, :width]
             old_logp = old[micro, :width] if old is not None else logp.detach()
             ref_logp = ref[micro, :width] if ref is not None else None
-            loss, st = self.loss(logp, old_logp, batch.advantages[micro, :width], w, normaliser, ref_logp)
+            engine_logp, scored = batch.engine_logprobs[micro, :width], batch.response_mask[micro, :width] > 0
+            if mismatch is not None:
+                mismatch.add((old_logp - engine_logp).abs()[scored])
+            adv = batch.advantages[micro, :width]
+            if self.max_policy_lag > 0:  # truncated importance sampling: engine -> trainer policy
+                adv = adv * truncated_importance_weight(old_logp, engine_logp, self.tis_cap)
+            loss, st = self.loss(logp, old_logp, adv, w, normaliser, ref_logp)
             if not torch.isfinite(loss):
                 return self._skip(opt, "loss")
             self.manual_backward(loss)

@@ -1,10 +1,15 @@
-"""Rollout throughput: Hugging Face ``model.generate`` against the HF engine's own sampling loop.
+"""Rollout speed: the vLLM engine against the HF engine, weight sync, and prefix caching.
 
-Both sample ``--prompts`` x ``--n`` responses of up to ``--max-new-tokens`` tokens from the same
-model and chat prompts, alternating ``--repeats`` times; reported: generated tokens per second
-(median) and the ratio. Usage:
+Measured side by side in one process, on the same model and dtype (the trainer's fp32):
 
-    python scripts/bench_rollout.py --prompts 8 --n 8 --max-new-tokens 16
+1. tokens/s of ``VLLMEngine`` and ``HFEngine`` (and optionally HF ``model.generate``) at the
+   quickstart's batch (8 prompts x 8 samples x 16 tokens, arithmetic prompts) and at
+   64 prompts x 1 sample x 256 tokens (open-ended prompts), alternating ``--repeats`` times;
+2. seconds to sync the trainer's weights into vLLM;
+3. seconds of an SRPO-style reset continuation (4 suffixes from the middle of each of 64
+   responses) with the prefix cache read and with it skipped.
+
+Usage:  python scripts/bench_rollout.py [--repeats 3] [--with-generate]
 """
 
 from __future__ import annotations
@@ -16,63 +21,96 @@ import time
 import torch
 
 from ibpo_lightning.models import load_policy
-from ibpo_lightning.rollout import HFEngine
+from ibpo_lightning.rollout import HFEngine, VLLMEngine
 from ibpo_lightning.tasks import ArithmeticTask
 
+TOPICS = ["the sea", "a robot", "winter", "a library", "trains", "a garden", "the moon", "a market"]
 
-def chat_prompts(tok, task, k):
-    out = []
-    for p in task.train_problems()[:k]:
-        msgs = [{"role": "system", "content": task.system_prompt}, {"role": "user", "content": p.prompt}]
-        ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
-        out.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
-    return out
+
+def chat(tok, text: str, system: str | None = None) -> list[int]:
+    msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+    ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
 @torch.no_grad()
-def hf_generate(model, tok, prompts, n, max_new_tokens, temperature):
+def hf_generate(model, tok, prompts, n, max_new_tokens):
     width = max(map(len, prompts))
     ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])
     attn = (torch.arange(width)[None] >= torch.tensor([width - len(p) for p in prompts])[:, None]).long()
-    out = model.generate(input_ids=ids, attention_mask=attn, do_sample=True, temperature=temperature,
-                         top_k=None, top_p=None, max_new_tokens=max_new_tokens, num_return_sequences=n,
-                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                         output_scores=True, return_dict_in_generate=True)
-    new = out.sequences[:, width:]
+    out = model.generate(input_ids=ids, attention_mask=attn, do_sample=True, temperature=1.0, top_k=None,
+                         top_p=None, max_new_tokens=max_new_tokens, num_return_sequences=n,
+                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    new = out[:, width:]
     return int(sum((row != tok.pad_token_id).sum() + (row == tok.eos_token_id).any() for row in new))
+
+
+def rate(engine, prompts, n, max_new_tokens) -> float:
+    start = time.perf_counter()
+    groups = engine.generate(prompts, n, max_new_tokens=max_new_tokens, temperature=1.0)
+    return sum(len(s.token_ids) for g in groups for s in g) / (time.perf_counter() - start)
+
+
+def reset_continuation(engine: VLLMEngine, prompts, read_cache: bool) -> float:
+    """Fresh responses, then 4 continuations from the middle of each; seconds of the second call."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    fresh = engine.generate(prompts, 1, max_new_tokens=128, temperature=1.0)
+    prefixes = [p + g[0].token_ids[: len(g[0].token_ids) // 2] for p, g in zip(prompts, fresh)]
+    params = SamplingParams(n=4, temperature=1.0, max_tokens=64, logprobs=0, detokenize=False,
+                            stop_token_ids=[engine.tokenizer.eos_token_id], skip_reading_prefix_cache=not read_cache)
+    start = time.perf_counter()
+    engine.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prefixes], params, use_tqdm=False)
+    return time.perf_counter() - start
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--prompts", type=int, default=8)
-    ap.add_argument("--n", type=int, default=8)
-    ap.add_argument("--max-new-tokens", type=int, default=16)
-    ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--with-generate", action="store_true", help="also time HF model.generate")
     args = ap.parse_args()
     torch.manual_seed(0)
     model, tok = load_policy(args.model)
     model.eval()
-    task = ArithmeticTask(system_prompt="You are a calculator. Answer with the number only.",
-                          prompt_template="Compute {expression}. Answer with just the number.")
-    prompts = chat_prompts(tok, task, args.prompts)
-    engine = HFEngine()
-    engine.bind(model, tok)
-    rates: dict[str, list[float]] = {"model.generate": [], "HFEngine": []}
+    start = time.perf_counter()
+    vllm = VLLMEngine()
+    vllm.bind(model, tok)
+    print(f"vLLM engine built and synced in {time.perf_counter() - start:.1f} s")
+    hf = HFEngine()
+    hf.bind(model, tok)
+    task = ArithmeticTask(operators=("+",), max_value=20)
+    quick = [chat(tok, p.prompt, "You are a calculator. Answer with the number only.")
+             for p in task.train_problems()[:8]]
+    stories = [chat(tok, f"Write a long story about {TOPICS[i % 8]}, number {i}.") for i in range(64)]
+    vllm.generate(quick, 2, max_new_tokens=4, temperature=1.0)  # warm-up of both engines
+    hf.generate(quick, 2, max_new_tokens=4, temperature=1.0)
+    shapes = {"quickstart 8x8x16": (quick, 8, 16), "64x1x256": (stories, 1, 256)}
+    names = ["vLLM", "HFEngine"] + (["model.generate"] if args.with_generate else [])
+    for label, (prompts, n, max_new) in shapes.items():
+        rates: dict[str, list[float]] = {k: [] for k in names}
+        for _ in range(args.repeats):
+            rates["vLLM"].append(rate(vllm, prompts, n, max_new))
+            rates["HFEngine"].append(rate(hf, prompts, n, max_new))
+            if args.with_generate:
+                begin = time.perf_counter()
+                rates["model.generate"].append(hf_generate(model, tok, prompts, n, max_new) / (time.perf_counter() - begin))
+        print(f"{label}: {args.model}, fp32, {torch.get_num_threads()} threads, {args.repeats} alternating repeats")
+        for k, r in rates.items():
+            print(f"  {k:15s} median {statistics.median(r):7.1f} tok/s   (runs: {', '.join(f'{x:.1f}' for x in r)})")
+        print(f"  ratio vLLM / HFEngine: {statistics.median(rates['vLLM']) / statistics.median(rates['HFEngine']):.2f}x")
+    syncs = []
     for _ in range(args.repeats):
-        start = time.perf_counter()
-        tokens = hf_generate(model, tok, prompts, args.n, args.max_new_tokens, args.temperature)
-        rates["model.generate"].append(tokens / (time.perf_counter() - start))
-        start = time.perf_counter()
-        groups = engine.generate(prompts, args.n, max_new_tokens=args.max_new_tokens, temperature=args.temperature)
-        tokens = sum(len(s.token_ids) for g in groups for s in g)
-        rates["HFEngine"].append(tokens / (time.perf_counter() - start))
-    print(f"{args.prompts} prompts x {args.n} samples x <= {args.max_new_tokens} new tokens, "
-          f"{args.model}, fp32, {torch.get_num_threads()} threads, {args.repeats} alternating repeats")
-    for name, r in rates.items():
-        print(f"  {name:15s} median {statistics.median(r):7.1f} tok/s   (runs: {', '.join(f'{x:.1f}' for x in r)})")
-    print(f"  ratio HFEngine / model.generate: {statistics.median(rates['HFEngine']) / statistics.median(rates['model.generate']):.2f}x")
+        begin = time.perf_counter()
+        vllm.sync_weights(model.named_parameters())
+        syncs.append(time.perf_counter() - begin)
+    print(f"weight sync: median {statistics.median(syncs):.2f} s (runs: {', '.join(f'{x:.2f}' for x in syncs)})")
+    cached = [reset_continuation(vllm, stories, True) for _ in range(args.repeats)]
+    uncached = [reset_continuation(vllm, stories, False) for _ in range(args.repeats)]
+    print(f"reset continuation (64 prefixes of ~64 tokens + prompt, 4 x 64 new tokens): "
+          f"prefix cache read {statistics.median(cached):.2f} s, skipped {statistics.median(uncached):.2f} s, "
+          f"ratio {statistics.median(uncached) / statistics.median(cached):.2f}x")
 
 
 if __name__ == "__main__":

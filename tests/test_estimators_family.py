@@ -21,7 +21,7 @@ from ibpo_lightning.estimators import DAPO, GRPO, ReinforcePP
 from ibpo_lightning.estimators.functional import discounted_returns, masked_whiten, overlong_penalty
 from ibpo_lightning.losses import PolicyLoss
 from ibpo_lightning.module import PolicyModule
-from ibpo_lightning.rollout import RolloutCallback
+from ibpo_lightning.rollout import HFEngine, RolloutCallback
 from ibpo_lightning.rollout.engine import Sample
 from ibpo_lightning.tasks.base import Problem
 from ibpo_lightning.types import RolloutBatch, Trajectory
@@ -166,7 +166,7 @@ def tiny_setup(tmp_path, estimator, steps=1):
     trainer = Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                       limit_val_batches=0, default_root_dir=tmp_path,
-                      callbacks=[RolloutCallback(group_size=4, max_new_tokens=6), estimator])
+                      callbacks=[RolloutCallback(HFEngine(), group_size=4, max_new_tokens=6), estimator])
     trainer.fit(module, data)
     return module, data
 

@@ -16,7 +16,7 @@ from ibpo_lightning.estimators.functional import zscore_within
 from ibpo_lightning.estimators.srpo import parse_step
 from ibpo_lightning.losses import PolicyLoss
 from ibpo_lightning.models import load_policy
-from ibpo_lightning.rollout import RolloutCallback
+from ibpo_lightning.rollout import HFEngine, RolloutCallback
 from ibpo_lightning.rollout.engine import Sample
 from ibpo_lightning.types import Kind, RolloutBatch
 from tests.helpers import ParityTask, batch_of, traj
@@ -239,7 +239,7 @@ def test_groups_without_a_wrong_sample_are_not_reset():
 # -- plan with the real tiny engine ----------------------------------------------------------------
 def tiny_rollout(max_new_tokens=8):
     model, tok = load_policy("tiny-random-llama")
-    rollout = RolloutCallback(group_size=4, max_new_tokens=max_new_tokens)
+    rollout = RolloutCallback(HFEngine(), group_size=4, max_new_tokens=max_new_tokens)
     rollout.module = SimpleNamespace(policy=model, tokenizer=tok, policy_version=0)
     return rollout
 

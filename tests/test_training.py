@@ -14,7 +14,7 @@ from ibpo_lightning.data import RLDataModule
 from ibpo_lightning.estimators import GRPO, IBPO
 from ibpo_lightning.losses import PolicyLoss
 from ibpo_lightning.module import PolicyModule, StaleBatchError
-from ibpo_lightning.rollout import RolloutCallback
+from ibpo_lightning.rollout import HFEngine, RolloutCallback
 from tests.helpers import ParityTask
 
 ROOT = Path(__file__).parents[1]
@@ -23,7 +23,7 @@ ROOT = Path(__file__).parents[1]
 def tiny_trainer(tmp_path, *callbacks, steps=3, estimator=None, loss=None, lr=1e-3, checkpointing=False):
     module = PolicyModule(model="tiny-random-llama", lr=lr, micro_batch_size=4, loss=loss)
     data = RLDataModule(ParityTask(num_train=32, num_heldout=4), prompts_per_step=2, steps=steps)
-    rollout = RolloutCallback(group_size=4, max_new_tokens=6)
+    rollout = RolloutCallback(HFEngine(), group_size=4, max_new_tokens=6)
     trainer = Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=checkpointing,
                       enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                       limit_val_batches=0, default_root_dir=tmp_path,

@@ -25,6 +25,7 @@ import torch
 
 from ibpo_lightning.estimators.base import Estimator
 from ibpo_lightning.estimators.functional import group_normalise, levenshtein_kept
+from ibpo_lightning.estimators.segments import segment
 from ibpo_lightning.types import Kind, RolloutBatch, Trajectory
 
 REPAIR_PROMPT = (
@@ -128,7 +129,7 @@ class IBPO(Estimator):
         trajs = batch.trajectories
         if self.mask_granularity == "step":
             for t in trajs:
-                t.step_boundaries = rollout.step_boundaries(t.response_ids, self.step_delimiter)
+                t.step_boundaries = segment(rollout.tokenizer, t.response_ids, self.step_delimiter)
         if not pairs:
             batch.stats.update({"ibpo/revisions": 0.0, "ibpo/revisions_correct": 0.0})
             return

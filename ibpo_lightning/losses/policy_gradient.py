@@ -38,6 +38,12 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: KLEstimator) ->
     return torch.exp(log_ratio) - log_ratio - 1.0
 
 
+def truncated_importance_weight(behaviour_logp: torch.Tensor, engine_logp: torch.Tensor, cap: float) -> torch.Tensor:
+    """Per-token ``min(pi_behaviour / pi_engine, cap)``, detached: corrects tokens sampled by a lagging
+    or numerically different engine toward the trainer's behaviour policy (truncated IS)."""
+    return torch.exp(behaviour_logp.detach() - engine_logp).clamp(max=cap)
+
+
 @dataclass
 class LossStats:
     """Diagnostics of one loss evaluation (detached scalars, summed over micro-batches)."""

@@ -8,7 +8,7 @@ from typing import TypeVar
 from lightning.pytorch import Callback, Trainer
 
 from ibpo_lightning.rollout.engine import RolloutEngine, Sample
-from ibpo_lightning.rollout.hf_engine import HFEngine
+from ibpo_lightning.rollout.vllm_engine import default_engine
 from ibpo_lightning.types import RolloutBatch, Trajectory
 
 C = TypeVar("C")
@@ -27,7 +27,7 @@ class RolloutCallback(Callback):
     """Samples groups of responses with the rollout engine and syncs weights after updates.
 
     Args:
-        engine: the rollout engine (HF ``generate`` by default).
+        engine: the rollout engine; default: vLLM where installed, else the HF engine.
         group_size: samples per prompt (G).
         max_new_tokens: response length limit.
         temperature: sampling temperature (the trainer scores tokens at the same temperature).
@@ -48,7 +48,9 @@ class RolloutCallback(Callback):
             raise ValueError(f"rollout.group_size must be >= 1, got {group_size}")
         if max_new_tokens < 1:
             raise ValueError(f"rollout.max_new_tokens must be >= 1, got {max_new_tokens}")
-        self.engine = engine if engine is not None else HFEngine()
+        if sync_every < 1:
+            raise ValueError(f"rollout.sync_every must be >= 1, got {sync_every}")
+        self.engine = engine if engine is not None else default_engine()
         self.group_size, self.max_new_tokens = group_size, max_new_tokens
         self.temperature, self.top_p, self.sync_every = temperature, top_p, sync_every
         self.module = None
@@ -59,6 +61,14 @@ class RolloutCallback(Callback):
     # -- wiring ----------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
         self.module = pl_module
+        allowed = getattr(pl_module, "max_policy_lag", 0)
+        if not self.engine.shares_weights and self.sync_every - 1 > allowed:
+            raise ValueError(
+                f"rollout.sync_every={self.sync_every} lets the engine sample with weights up to "
+                f"{self.sync_every - 1} updates old, but model.max_policy_lag={allowed}: raise "
+                f"model.max_policy_lag to {self.sync_every - 1} (truncated importance sampling then "
+                "corrects for the lag) or sync every update"
+            )
 
     @property
     def tokenizer(self):
@@ -98,12 +108,6 @@ class RolloutCallback(Callback):
         self.tokens_by_kind[kind] = self.tokens_by_kind.get(kind, 0) + produced
         return out
 
-    def step_boundaries(self, token_ids: list[int], delimiter: str) -> tuple[int, ...]:
-        """Offsets just after each token whose text contains ``delimiter`` (step ends)."""
-        pieces = self.tokenizer.convert_ids_to_tokens(token_ids)
-        texts = [self.tokenizer.convert_tokens_to_string([p]) for p in pieces]
-        return tuple(i + 1 for i, text in enumerate(texts) if delimiter in text and i + 1 < len(texts))
-
     def sample_groups(self, problems, system_prompt: str | None) -> RolloutBatch:
         """One group of ``group_size`` fresh samples per problem (rewards not yet scored)."""
         start = time.perf_counter()
@@ -116,7 +120,8 @@ class RolloutCallback(Callback):
             for g, (p, prompt, group) in enumerate(zip(problems, prompts, groups))
             for s in group
         ]
-        batch = RolloutBatch(trajs, policy_version=self.engine_version,
+        version = self.module.policy_version if self.engine.shares_weights else self.engine_version
+        batch = RolloutBatch(trajs, policy_version=version,
                              problems=[p.prompt for p in problems], answers=[p.answer for p in problems])
         batch.stats["time/generate"] = time.perf_counter() - start
         return batch

@@ -30,6 +30,8 @@ class RolloutEngine(ABC):
     """
 
     tokenizer = None
+    shares_weights = False
+    """True when the engine samples with the trainer's own module (never stale, no sync)."""
 
     @abstractmethod
     def bind(self, model: torch.nn.Module, tokenizer) -> None: ...

@@ -21,6 +21,8 @@ class HFEngine(RolloutEngine):
         batch_size: distinct prompts pre-filled per chunk (each then sampled ``n`` times).
     """
 
+    shares_weights = True
+
     def __init__(self, batch_size: int = 64) -> None:
         if batch_size < 1:
             raise ValueError(f"engine.batch_size must be >= 1, got {batch_size}")

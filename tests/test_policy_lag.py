@@ -1,0 +1,92 @@
+"""Policy versions, allowed lag with truncated importance sampling, and the trainer/engine log-prob
+mismatch: with the HF engine (shares the trainer's module) and the real vLLM engine."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+
+from ibpo_lightning.data import RLDataModule
+from ibpo_lightning.estimators import GRPO
+from ibpo_lightning.losses import truncated_importance_weight
+from ibpo_lightning.module import PolicyModule, StaleBatchError
+from ibpo_lightning.rollout import HFEngine, RolloutCallback, VLLMEngine, vllm_available
+from tests.helpers import ParityTask
+
+
+def run(tmp_path, engine, steps=3, sync_every=1, max_policy_lag=0, no_sync=False):
+    module = PolicyModule(model="tiny-random-llama", lr=1e-2, micro_batch_size=8, max_policy_lag=max_policy_lag)
+    data = RLDataModule(ParityTask(num_train=32, num_heldout=4), prompts_per_step=2, steps=steps)
+    rollout = RolloutCallback(engine, group_size=4, max_new_tokens=6, sync_every=sync_every)
+    if no_sync:
+        rollout.on_train_batch_end = lambda *args, **kwargs: None
+    seen = []
+
+    class Record(GRPO):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+            seen.append((batch.policy_version, pl_module.policy_version))
+
+    trainer = Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                      limit_val_batches=0, default_root_dir=tmp_path, callbacks=[rollout, Record()])
+    trainer.fit(module, data)
+    return trainer, seen
+
+
+def test_truncated_importance_weight_golden():
+    behaviour = torch.tensor([[-1.0, -2.0, -0.5]])
+    engine = torch.tensor([[-1.0, -1.0, -2.0]])
+    expected = torch.tensor([[1.0, math.exp(-1.0), 2.0]])  # exp(1.5) = 4.48 is capped at 2
+    assert torch.allclose(truncated_importance_weight(behaviour, engine, cap=2.0), expected)
+
+
+def test_hf_engine_batches_are_never_stale_and_match_the_trainer(tmp_path):
+    trainer, seen = run(tmp_path, HFEngine(), sync_every=3)  # sharing the module: no lag to allow
+    assert seen == [(0, 0), (1, 1), (2, 2)]
+    metrics = trainer.callback_metrics
+    assert float(metrics["rollout/policy_lag"]) == 0.0
+    assert float(metrics["rollout/logprob_diff_mean"]) < 1e-4  # same module, same fp32 numerics
+
+
+def test_sync_every_beyond_the_allowed_lag_is_refused_at_start(tmp_path):
+    if not vllm_available():
+        pytest.skip("vLLM is not installed")
+    with pytest.raises(ValueError, match=r"rollout.sync_every=2 .* model.max_policy_lag=0"):
+        run(tmp_path, VLLMEngine(max_model_len=128), sync_every=2)
+
+
+def test_negative_lag_or_cap_is_refused():
+    with pytest.raises(ValueError, match="max_policy_lag"):
+        PolicyModule(model="tiny-random-llama", max_policy_lag=-1)
+
+
+needs_vllm = pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed")
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_vllm_training_syncs_every_step_and_logs_a_small_mismatch(tmp_path):
+    trainer, seen = run(tmp_path, VLLMEngine(max_model_len=128))
+    assert seen == [(0, 0), (1, 1), (2, 2)]
+    metrics = trainer.callback_metrics
+    assert float(metrics["rollout/logprob_diff_max"]) < 1e-2
+    assert "time/sync" in metrics
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_vllm_without_sync_makes_a_stale_batch_that_is_refused(tmp_path):
+    with pytest.raises(StaleBatchError, match="policy version 0, but the policy is at 1"):
+        run(tmp_path, VLLMEngine(max_model_len=128), no_sync=True)
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_vllm_with_allowed_lag_trains_on_stale_batches(tmp_path):
+    trainer, seen = run(tmp_path, VLLMEngine(max_model_len=128), steps=4, sync_every=2, max_policy_lag=1)
+    assert seen == [(0, 0), (0, 1), (2, 2), (2, 3)]
+    assert float(trainer.callback_metrics["rollout/policy_lag"]) == 1.0

