@@ -20,7 +20,9 @@ from torchmetrics import MeanMetric
 from ibpo_lightning.losses import PolicyLoss, truncated_importance_weight
 from ibpo_lightning.models import load_policy
 from ibpo_lightning.losses import token_logprobs
+from ibpo_lightning.evaluation import EvalSuite
 from ibpo_lightning.rollout.callback import RolloutCallback, find_callback
+from ibpo_lightning.tasks.base import Task
 from ibpo_lightning.types import Kind, RolloutBatch
 
 
@@ -66,6 +68,14 @@ class PolicyModule(LightningModule):
             any stale batch. Above 0, advantages are weighted by the truncated importance ratio
             ``min(pi_trainer / pi_engine, tis_cap)`` of each token.
         tis_cap: truncation of that importance ratio.
+        eval_samples: answers sampled per problem in validation (1 with ``eval_temperature`` 0:
+            greedy, as before).
+        eval_temperature: sampling temperature in validation (0: greedy).
+        pass_k: the k of each ``val/pass@k`` (None: 1 and ``eval_samples``); each <= ``eval_samples``.
+        eval_max_new_tokens: response length limit in validation (None: ``rollout.max_new_tokens``).
+        benchmarks: extra benchmarks evaluated beside the held-out split, by name: each task's
+            held-out problems, logged as ``val/<name>/pass@k`` (see ``docs/evaluation.md``).
+        heldout_name: name of the datamodule task's held-out split in the results table.
     """
 
     def __init__(
@@ -83,9 +93,15 @@ class PolicyModule(LightningModule):
         gradient_checkpointing: bool = False,
         max_policy_lag: int = 0,
         tis_cap: float = 2.0,
+        eval_samples: int = 1,
+        eval_temperature: float = 0.0,
+        pass_k: list[int] | None = None,
+        eval_max_new_tokens: int | None = None,
+        benchmarks: dict[str, Task] | None = None,
+        heldout_name: str = "heldout",
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["benchmarks"])  # tasks hold data: not in every checkpoint
         self.automatic_optimization = False
         self.model_name, self.loss = model, loss if loss is not None else PolicyLoss()
         self.lr, self.weight_decay, self.betas, self.warmup_steps = lr, weight_decay, tuple(betas), warmup_steps
@@ -99,6 +115,11 @@ class PolicyModule(LightningModule):
         self.policy_version = 0
         self.skipped_updates = 0
         self.val_accuracy = MeanMetric()
+        self.benchmarks, self.heldout_name = dict(benchmarks or {}), heldout_name
+        if heldout_name in self.benchmarks:
+            raise ValueError(f"model.benchmarks may not reuse the held-out split's name {heldout_name!r}")
+        self.evaluation = EvalSuite([heldout_name, *self.benchmarks], eval_samples,
+                                    pass_k or sorted({1, eval_samples}), eval_temperature, eval_max_new_tokens)
 
     # -- models ----------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -263,26 +284,37 @@ class PolicyModule(LightningModule):
         metrics.update({k: v for k, v in batch.stats.items()})
         return metrics
 
-    # -- validation: greedy accuracy on the held-out split ---------------------------------------
+    # -- validation: mean@n / pass@k on the held-out split and on extra benchmarks -----------------
     def validation_step(self, problems, batch_idx: int) -> None:
         rollout = find_callback(self.trainer, RolloutCallback)
-        system = self.trainer.datamodule.task.system_prompt
-        prompts = [rollout.encode(p.prompt, system) for p in problems]
-        samples = rollout.generate(prompts, 1, temperature=0.0, kind="validation")
-        scores = self.trainer.datamodule.task.score([s[0].text for s in samples], [p.answer for p in problems])
-        self.val_accuracy.update(torch.tensor(scores, dtype=torch.float32).ge(1.0).float())
+        right = self.evaluation.evaluate(rollout, self.heldout_name, self.trainer.datamodule.task, problems)
+        self.val_accuracy.update(right.flatten())  # val/accuracy: the mean over all samples
 
     def on_validation_epoch_end(self) -> None:
+        rollout = find_callback(self.trainer, RolloutCallback)
+        chunk = getattr(self.trainer.datamodule, "val_batch_size", 64)
+        for name, task in self.benchmarks.items():
+            problems = list(task.heldout_problems())
+            for start in range(0, len(problems), chunk):
+                self.evaluation.evaluate(rollout, name, task, problems[start : start + chunk])
         accuracy = float(self.val_accuracy.compute())
         self.val_accuracy.reset()
+        results = self.evaluation.compute()
+        table = self.evaluation.table(results)
+        self.evaluation.reset()
+        metrics = {"val/accuracy": accuracy}
+        for name, values in results.items():
+            prefix = "val/" if name == self.heldout_name else f"val/{name}/"
+            metrics.update({prefix + key: value for key, value in values.items()})
         if self.trainer.sanity_checking:  # the sanity pass is the "before training" measurement
             for logger in self.loggers:
-                logger.log_metrics({"val/accuracy": accuracy, "val/policy_version": 0.0}, step=0)
-            self.print(f"held-out accuracy before training: {accuracy:.3f}")
+                logger.log_metrics({**metrics, "val/policy_version": 0.0}, step=0)
+            self.print(f"held-out accuracy before training: {accuracy:.3f}\n{table}")
             return
-        self.log("val/accuracy", accuracy, prog_bar=True)
+        self.log("val/accuracy", metrics.pop("val/accuracy"), prog_bar=True)
+        self.log_dict(metrics)
         self.log("val/policy_version", float(self.policy_version))
-        self.print(f"held-out accuracy after {self.policy_version} steps: {accuracy:.3f}")
+        self.print(f"held-out accuracy after {self.policy_version} steps: {accuracy:.3f}\n{table}")
 
     # -- checkpoint state ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

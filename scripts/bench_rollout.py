@@ -9,7 +9,10 @@ Measured side by side in one process, on the same model and dtype (the trainer's
 3. seconds of an SRPO-style reset continuation (4 suffixes from the middle of each of 64
    responses) with the prefix cache read and with it skipped.
 
-Usage:  python scripts/bench_rollout.py [--repeats 3] [--with-generate]
+Usage:  python scripts/bench_rollout.py [--repeats 3] [--with-generate] [--shapes quick long] [--skip-reset]
+
+The vLLM prefix cache is reset before every timed call, as it is after each weight sync in
+training (otherwise repeats would find the prompts already cached).
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ def hf_generate(model, tok, prompts, n, max_new_tokens):
 
 
 def rate(engine, prompts, n, max_new_tokens) -> float:
+    if isinstance(engine, VLLMEngine):
+        engine.llm.reset_prefix_cache()  # as after a weight sync: no prompt KV from the last repeat
     start = time.perf_counter()
     groups = engine.generate(prompts, n, max_new_tokens=max_new_tokens, temperature=1.0)
     return sum(len(s.token_ids) for g in groups for s in g) / (time.perf_counter() - start)
@@ -70,6 +75,8 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--with-generate", action="store_true", help="also time HF model.generate")
+    ap.add_argument("--shapes", nargs="+", default=["quick", "long"], choices=["quick", "long"])
+    ap.add_argument("--skip-reset", action="store_true", help="skip the reset-continuation figure")
     args = ap.parse_args()
     torch.manual_seed(0)
     model, tok = load_policy(args.model)
@@ -86,9 +93,9 @@ def main() -> None:
     stories = [chat(tok, f"Write a long story about {TOPICS[i % 8]}, number {i}.") for i in range(64)]
     vllm.generate(quick, 2, max_new_tokens=4, temperature=1.0)  # warm-up of both engines
     hf.generate(quick, 2, max_new_tokens=4, temperature=1.0)
-    shapes = {"quickstart 8x8x16": (quick, 8, 16), "64x1x256": (stories, 1, 256)}
+    shapes = {"quick": ("quickstart 8x8x16", quick, 8, 16), "long": ("64x1x256", stories, 1, 256)}
     names = ["vLLM", "HFEngine"] + (["model.generate"] if args.with_generate else [])
-    for label, (prompts, n, max_new) in shapes.items():
+    for label, prompts, n, max_new in (shapes[k] for k in args.shapes):
         rates: dict[str, list[float]] = {k: [] for k in names}
         for _ in range(args.repeats):
             rates["vLLM"].append(rate(vllm, prompts, n, max_new))
@@ -106,6 +113,8 @@ def main() -> None:
         vllm.sync_weights(model.named_parameters())
         syncs.append(time.perf_counter() - begin)
     print(f"weight sync: median {statistics.median(syncs):.2f} s (runs: {', '.join(f'{x:.2f}' for x in syncs)})")
+    if args.skip_reset:
+        return
     cached = [reset_continuation(vllm, stories, True) for _ in range(args.repeats)]
     uncached = [reset_continuation(vllm, stories, False) for _ in range(args.repeats)]
     print(f"reset continuation (64 prefixes of ~64 tokens + prompt, 4 x 64 new tokens): "

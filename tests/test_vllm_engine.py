@@ -121,10 +121,16 @@ def test_a_prompt_longer_than_the_engine_allows_is_named(smollm):
 @needs_vllm
 @pytest.mark.slow
 def test_a_model_vllm_cannot_load_is_a_clear_error(tmp_path):
+    import json
+
     model, tok = load_policy("tiny-random-llama")
-    model.config.architectures = ["NotARealModelForCausalLM"]
-    model.name_or_path = ""  # forces the engine to write the model out, with the bad architecture
-    with pytest.raises(RuntimeError, match="vLLM could not load the policy .*NotARealModelForCausalLM.*HFEngine"):
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.update(architectures=["NotARealModelForCausalLM"], model_type="not_a_real_model_type")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    model.name_or_path = str(tmp_path)  # the engine builds vLLM from the policy's own directory
+    model.config.architectures = config["architectures"]
+    with pytest.raises(RuntimeError, match="(?s)vLLM could not load the policy .*NotARealModelForCausalLM.*HFEngine"):
         VLLMEngine(max_model_len=64).bind(model, tok)
 
 
@@ -189,7 +195,7 @@ def test_sleep_mode_wakes_weights_before_sync_and_kv_cache_before_generation():
     engine.sync_weights([("w", torch.zeros(1))])
     engine.generate([[1, 2]], 1, max_new_tokens=1, temperature=1.0)
     assert engine.llm.calls == [
-        "generate", "sleep1",
+        "generate", "generate", "sleep1",  # n=2: the shared pre-fill, then the samples
         "wake:weights", "reload_weights", "apply_model", "reset_prefix_cache",
         "wake:kv_cache", "generate", "sleep1",
     ]

@@ -1,6 +1,26 @@
 """Rewards that check a completion's final answer against a reference."""
 
 from ibpo_lightning.rewards.answer import extract_final_number, number_reward
+from ibpo_lightning.rewards.code import CodeReward, TestSpec, extract_program
+from ibpo_lightning.rewards.composite import FormatReward, LengthPenalty, RewardTerm, WeightedReward
+from ibpo_lightning.rewards.countdown import check_equation, countdown_reward
 from ibpo_lightning.rewards.math_verify import MathVerifyReward
+from ibpo_lightning.rewards.sandbox import Result, SandboxConfig, run_tests
 
-__all__ = ["MathVerifyReward", "extract_final_number", "number_reward"]
+__all__ = [
+    "CodeReward",
+    "FormatReward",
+    "LengthPenalty",
+    "MathVerifyReward",
+    "Result",
+    "RewardTerm",
+    "SandboxConfig",
+    "TestSpec",
+    "WeightedReward",
+    "check_equation",
+    "countdown_reward",
+    "extract_final_number",
+    "extract_program",
+    "number_reward",
+    "run_tests",
+]

@@ -1,18 +1,27 @@
-"""Problems from a JSONL file or a Hugging Face Hub dataset (GSM8K, MATH, ...)."""
+"""Problems from a JSONL file or a Hugging Face Hub dataset (GSM8K, MATH, AIME, ...).
+
+``read_fields`` and ``split_heldout`` are shared with the other file-backed tasks
+(:class:`~ibpo_lightning.tasks.countdown.CountdownTask`).
+"""
 
 from __future__ import annotations
 
 import gzip
 import random
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ibpo_lightning.rewards.answer import number_reward
+from ibpo_lightning.rewards.composite import RewardTerm, WeightedReward
 from ibpo_lightning.rewards.math_verify import MathVerifyReward
 from ibpo_lightning.tasks.base import Problem, Task
 
 DEFAULT_SYSTEM_PROMPT = "Solve the problem step by step. Put the final answer in \\boxed{}."
 _LOCAL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
+ANSWER_FORMATS = ("gsm8k", "plain", "integer")
 
 
 def _is_local(path: str) -> bool:
@@ -31,38 +40,127 @@ def _line_number(path: Path, record: int) -> int:
     return record + 1
 
 
+def _column(rows, field: str) -> list[Any]:
+    """Values of a (possibly dotted, ``reward_model.ground_truth.target``) field; None where absent."""
+    top, *rest = field.split(".")
+    values = rows[top] if top in rows.column_names else [None] * len(rows)
+    for key in rest:
+        values = [v.get(key) if isinstance(v, dict) else None for v in values]
+    return list(values)
+
+
+@dataclass
+class Records:
+    """The requested fields of every row of one source, and where each row is."""
+
+    name: str
+    """The file name, or ``"<hub id> [<split>]"``."""
+    values: list[tuple]
+    """One tuple per row, the fields in the order requested."""
+    locate: Callable[[int], str]
+    """``locate(i)``: ``"<name> row <line>"`` for the i-th row, for error messages."""
+
+
+def read_fields(path: str, fields: Sequence[str], split: str = "train", dataset_config: str | None = None,
+                drop_incomplete: bool = False) -> Records:
+    """Read ``fields`` (dotted for nested ones) of every row of a local JSONL file or a Hub dataset.
+
+    A row lacking a field, or holding an empty one, is an error naming the file, row and field;
+    with ``drop_incomplete`` such rows are left out instead, with one warning that counts them.
+    """
+    import datasets
+
+    if _is_local(path):
+        local = Path(path).expanduser()
+        if not local.is_file():
+            raise FileNotFoundError(f"JSONL file not found: {path}")
+        rows = datasets.load_dataset("json", data_files=str(local), split="train")
+        name, where = local.name, lambda i: f"row {_line_number(local, i)}"
+    else:
+        rows = datasets.load_dataset(path, dataset_config, split=split)
+        name, where = f"{path} [{split}]", lambda i: f"row {i + 1}"
+    columns = [_column(rows, field) for field in fields]
+    values = list(zip(*columns)) if columns else []
+    kept: list[int] = []
+    dropped: list[str] = []
+    for i, row in enumerate(values):
+        for field, value in zip(fields, row):
+            if value is None or not str(value).strip():
+                present = ", ".join(k for k, v in rows[i].items() if v is not None)
+                what = "missing" if value is None else "empty"
+                problem = f"{name} {where(i)}: {what} field {field!r} (fields present: {present})"
+                if not drop_incomplete:
+                    raise ValueError(problem)
+                dropped.append(problem)
+                break
+        else:
+            kept.append(i)
+    if dropped:
+        warnings.warn(f"{len(dropped)} incomplete rows left out (drop_incomplete), the first: {dropped[0]}", stacklevel=2)
+    if not kept:
+        raise ValueError(f"{name} holds no complete rows" if dropped else f"{name} holds no rows")
+    return Records(name, [values[i] for i in kept], lambda j: f"{name} {where(kept[j])}")
+
+
+def split_heldout(train: list[Problem], heldout: list[Problem] | None, heldout_size: int | None,
+                  seed: int, source: str) -> tuple[list[Problem], list[Problem]]:
+    """Held-out problems (``heldout``, or ``heldout_size`` split off ``train``; a seeded subset of
+    ``heldout_size`` when both are given) and the training problems whose prompt is not held out."""
+    rng = random.Random(seed)
+    if heldout is not None:
+        if heldout_size is not None and heldout_size < len(heldout):
+            keep = sorted(rng.sample(range(len(heldout)), heldout_size))
+            heldout = [heldout[i] for i in keep]
+    elif heldout_size:
+        if heldout_size >= len(train):
+            raise ValueError(f"heldout_size={heldout_size} leaves no training problems in {source}")
+        chosen = set(rng.sample(range(len(train)), heldout_size))
+        heldout = [p for i, p in enumerate(train) if i in chosen]
+    else:
+        heldout = []
+    held = {p.prompt for p in heldout}
+    return [p for p in train if p.prompt not in held], heldout
+
+
 class JsonlTask(Task):
     """Problems from local JSONL (``.jsonl``, ``.jsonl.gz``) or a Hub dataset, checked at start.
 
     Every row must have a non-empty prompt and answer field; otherwise construction fails with
     an error naming the file, the row and the field. Held-out problems never appear in train
-    (train rows whose prompt equals a held-out prompt are dropped).
+    (train rows whose prompt equals a held-out prompt are dropped). With no ``train_path`` the
+    task is evaluation-only (a benchmark: its ``heldout_path`` problems, no training problems).
 
     Args:
-        train_path: Local JSONL file, or a Hugging Face Hub dataset id, of the training problems.
+        train_path: Local JSONL file, or a Hugging Face Hub dataset id, of the training problems;
+            None for an evaluation-only task.
         heldout_path: Local JSONL file or Hub dataset id of the held-out problems. When None,
             ``heldout_size`` problems are split off the training set instead.
-        heldout_size: Number of held-out problems, drawn with ``seed`` (None: all of
-            ``heldout_path``, or none when there is no ``heldout_path``).
-        prompt_field: Field holding the problem text.
-        answer_field: Field holding the reference answer.
+        heldout_size: Number of held-out problems, a fixed subset drawn with ``seed`` (None: all
+            of ``heldout_path``, or none when there is no ``heldout_path``).
+        prompt_field: Field holding the problem text; dotted for a nested field (``a.b``).
+        answer_field: Field holding the reference answer; dotted for a nested field.
         answer_format: ``"gsm8k"``: the answer is the text after the last ``####``, commas
-            dropped; ``"plain"``: the field is the answer as is.
+            dropped; ``"plain"``: the field is the answer as is; ``"integer"``: an integer,
+            normalised (AIME's ``"025"`` becomes ``"25"``).
         system_prompt: System message for every prompt, or None for none.
         prompt_template: User message; ``{prompt}`` is replaced by the problem text.
         reward: ``"math_verify"`` (symbolic check of GSM8K / MATH answers in worker processes)
             or ``"number"`` (exact match of the final number).
         reward_workers: Worker processes of the ``math_verify`` reward.
         reward_timeout_s: Seconds each ``math_verify`` step of checking one answer may take.
+        extra_rewards: Shaping terms added to the answer reward, each with its weight (e.g.
+            ``FormatReward``, ``LengthPenalty``); evaluation counts correctness without them.
         train_split: Split of a Hub dataset to train on (local files have one split).
         heldout_split: Split of a Hub dataset to hold out.
         dataset_config: Configuration name of a Hub dataset (``"main"`` for ``openai/gsm8k``).
         seed: Seed for drawing the held-out subset.
+        drop_incomplete: Leave out rows whose prompt or answer is missing or empty (one warning
+            counts them) instead of failing at start-up; the MATH train sets hold a few.
     """
 
     def __init__(
         self,
-        train_path: str,
+        train_path: str | None = None,
         heldout_path: str | None = None,
         heldout_size: int | None = None,
         prompt_field: str = "question",
@@ -73,17 +171,21 @@ class JsonlTask(Task):
         reward: str = "math_verify",
         reward_workers: int = 2,
         reward_timeout_s: float = 5.0,
+        extra_rewards: list[RewardTerm] | None = None,
         train_split: str = "train",
         heldout_split: str = "test",
         dataset_config: str | None = None,
         seed: int = 0,
+        drop_incomplete: bool = False,
     ) -> None:
-        if answer_format not in ("gsm8k", "plain"):
-            raise ValueError(f"answer_format must be 'gsm8k' or 'plain', got {answer_format!r}")
+        if answer_format not in ANSWER_FORMATS:
+            raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got {answer_format!r}")
         if reward not in ("math_verify", "number"):
             raise ValueError(f"reward must be 'math_verify' or 'number', got {reward!r}")
         if "{prompt}" not in prompt_template:
             raise ValueError(f"prompt_template lacks '{{prompt}}': {prompt_template!r}")
+        if train_path is None and heldout_path is None:
+            raise ValueError("JsonlTask needs a train_path, a heldout_path, or both")
         self.prompt_field = prompt_field
         self.answer_field = answer_field
         self.answer_format = answer_format
@@ -93,65 +195,34 @@ class JsonlTask(Task):
         self._math_verify = (
             MathVerifyReward(reward_workers, reward_timeout_s) if reward == "math_verify" else None
         )
-        self.dataset_config = dataset_config
-        rng = random.Random(seed)
-        train = self._load(train_path, train_split)
-        if heldout_path is not None:
-            heldout = self._load(heldout_path, heldout_split)
-            if heldout_size is not None and heldout_size < len(heldout):
-                keep = sorted(rng.sample(range(len(heldout)), heldout_size))
-                heldout = [heldout[i] for i in keep]
-        elif heldout_size:
-            if heldout_size >= len(train):
-                raise ValueError(
-                    f"heldout_size={heldout_size} leaves no training problems in {train_path}"
-                )
-            chosen = set(rng.sample(range(len(train)), heldout_size))
-            heldout = [p for i, p in enumerate(train) if i in chosen]
-        else:
-            heldout = []
-        heldout_prompts = {p.prompt for p in heldout}
-        self._train = [p for p in train if p.prompt not in heldout_prompts]
-        self._heldout = heldout
-        if not self._train:
+        self._shaped = WeightedReward.with_terms(self.verify, extra_rewards or [])
+        self.dataset_config, self.drop_incomplete = dataset_config, drop_incomplete
+        train = self._load(train_path, train_split) if train_path is not None else []
+        heldout = self._load(heldout_path, heldout_split) if heldout_path is not None else None
+        self._train, self._heldout = split_heldout(train, heldout, heldout_size, seed, str(train_path))
+        if train_path is not None and not self._train:
             raise ValueError(f"no training problems left in {train_path}")
 
     def _load(self, path: str, split: str) -> list[Problem]:
-        import datasets
+        records = read_fields(path, [self.prompt_field, self.answer_field], split, self.dataset_config,
+                              self.drop_incomplete)
+        return [self._problem(prompt, answer, records.locate, i)
+                for i, (prompt, answer) in enumerate(records.values)]
 
-        if _is_local(path):
-            local = Path(path).expanduser()
-            if not local.is_file():
-                raise FileNotFoundError(f"JSONL file not found: {path}")
-            rows = datasets.load_dataset("json", data_files=str(local), split="train")
-            name, where = local.name, lambda i: f"row {_line_number(local, i)}"
-        else:
-            rows = datasets.load_dataset(path, self.dataset_config, split=split)
-            name, where = f"{path} [{split}]", lambda i: f"row {i + 1}"
-        columns = rows.column_names
-        prompts = rows[self.prompt_field] if self.prompt_field in columns else [None] * len(rows)
-        answers = rows[self.answer_field] if self.answer_field in columns else [None] * len(rows)
-        problems = []
-        for i, (prompt, answer) in enumerate(zip(prompts, answers)):
-            for field, value in ((self.prompt_field, prompt), (self.answer_field, answer)):
-                if value is None or not str(value).strip():
-                    present = ", ".join(k for k, v in rows[i].items() if v is not None)
-                    what = "missing" if value is None else "empty"
-                    raise ValueError(
-                        f"{name} {where(i)}: {what} field {field!r} (fields present: {present})"
-                    )
-            answer = str(answer)
-            if self.answer_format == "gsm8k":
-                if "####" not in answer:
-                    raise ValueError(
-                        f"{name} {where(i)}: field {self.answer_field!r} has no '####' line"
-                    )
-                answer = answer.rsplit("####", 1)[1].strip().replace(",", "")
-            text = self.prompt_template.format(prompt=str(prompt))
-            problems.append(Problem(prompt=text, answer=answer))
-        if not problems:
-            raise ValueError(f"{name} holds no rows")
-        return problems
+    def _problem(self, prompt: Any, answer: Any, locate: Callable[[int], str], i: int) -> Problem:
+        answer = str(answer).strip()
+        if self.answer_format == "gsm8k":
+            if "####" not in answer:
+                raise ValueError(f"{locate(i)}: field {self.answer_field!r} has no '####' line")
+            answer = answer.rsplit("####", 1)[1].strip().replace(",", "")
+        elif self.answer_format == "integer":
+            try:
+                answer = str(int(answer.replace(",", "")))
+            except ValueError:
+                raise ValueError(
+                    f"{locate(i)}: field {self.answer_field!r} is not an integer: {answer!r}"
+                ) from None
+        return Problem(prompt=self.prompt_template.format(prompt=str(prompt)), answer=answer)
 
     def train_problems(self) -> Sequence[Problem]:
         return self._train
@@ -159,10 +230,14 @@ class JsonlTask(Task):
     def heldout_problems(self) -> Sequence[Problem]:
         return self._heldout
 
-    def score(self, completions: list[str], answers: list[str]) -> list[float]:
+    def verify(self, completions: list[str], answers: list[str]) -> list[float]:
+        """1.0 for each completion whose final answer is right, else 0.0 (no shaping terms)."""
         if self._math_verify is not None:
             return self._math_verify(completions, answers)
         return [number_reward(c, a) for c, a in zip(completions, answers, strict=True)]
+
+    def score(self, completions: list[str], answers: list[str]) -> list[float]:
+        return self._shaped(completions, answers)
 
     def close(self) -> None:
         """Stop the reward's worker processes, if any."""

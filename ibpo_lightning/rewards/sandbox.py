@@ -1,0 +1,340 @@
+"""Run a model-written Python program against tests in a separate, limited process.
+
+``run_tests(program, tests)`` starts ``python -I -S -B sandbox_child.py`` in a new session, in a
+fresh temporary directory, with an empty environment, and waits at most ``timeout_s`` of wall
+time. The child sets its own limits before the program runs (see :class:`SandboxConfig` and
+``docs/code_reward.md``). When the parent runs as root the child drops to a sandbox uid leased
+for this run only, so the program cannot signal, read or write the parent's processes and files,
+and every process of that uid is killed afterwards. The whole process group is always killed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import json
+import os
+import secrets
+import select
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+_CHILD = str(Path(__file__).with_name("sandbox_child.py"))
+_LOCK_DIR = Path(tempfile.gettempdir()) / "ibpo-sandbox-uids"
+_STATUS_BY_SIGNAL = {signal.SIGXCPU: "cpu_limit", signal.SIGXFSZ: "file_size_limit"}
+_SWEPT: set[int] = set()
+# A process that holds one empty network namespace for the children to join: creating a
+# namespace per child costs about 25 ms here, joining one well under 1 ms.
+NETNS_HOLDER_MARK = "# ibpo-sandbox netns holder"
+_NETNS_HOLDER = NETNS_HOLDER_MARK + """
+import ctypes, os, sys, time
+parent = os.getppid()
+if ctypes.CDLL(None, use_errno=True).unshare(0x40000000) != 0:
+    sys.exit(1)
+print(os.readlink("/proc/self/ns/net"), flush=True)
+while os.getppid() == parent:
+    time.sleep(1)
+"""
+_netns_lock = threading.Lock()
+_netns: dict = {}
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """Limits of one sandboxed run.
+
+    Args:
+        timeout_s: Wall-clock seconds before the whole process group is killed.
+        cpu_s: CPU seconds per process (RLIMIT_CPU); None: ``timeout_s`` rounded up.
+        memory_mb: Address space per process in MiB (RLIMIT_AS).
+        file_size_mb: Largest file a process may write, in MiB (RLIMIT_FSIZE); this caps the
+            captured stdout and stderr too (past it the program gets SIGXFSZ).
+        max_processes: Processes the program may have at once (RLIMIT_NPROC, counted per uid:
+            exact under the sandbox uid, "this many more than the user has" otherwise).
+        max_open_files: File descriptors per process (RLIMIT_NOFILE).
+        output_bytes: Leading bytes of stdout and stderr kept in the result.
+        niceness: Added to the child's nice value so it yields the CPU to the trainer.
+        isolate_network: Move the child into a new, empty network namespace where allowed.
+        audit_hook: Also refuse sockets, exec/spawn, ctypes loading and signals to other
+            processes from inside the interpreter (defence in depth; bypassable, not a boundary).
+        drop_privileges: When the parent is root, run the program as a leased unprivileged uid.
+        uid_base: First sandbox uid (uids ``uid_base .. uid_base + uid_count - 1`` are used).
+        uid_count: Number of sandbox uids: the most runs at once on this machine.
+        python: Interpreter for the child; None: the one running this process.
+    """
+
+    timeout_s: float = 5.0
+    cpu_s: int | None = None
+    memory_mb: int = 1024
+    file_size_mb: int = 8
+    max_processes: int = 16
+    max_open_files: int = 64
+    output_bytes: int = 4096
+    niceness: int = 10
+    isolate_network: bool = True
+    audit_hook: bool = True
+    drop_privileges: bool = True
+    uid_base: int = 61000
+    uid_count: int = 256
+    python: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("timeout_s", "memory_mb", "file_size_mb", "max_processes", "max_open_files"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.cpu_s is not None and self.cpu_s <= 0:
+            raise ValueError(f"cpu_s must be > 0 or None, got {self.cpu_s}")
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one sandboxed run did."""
+
+    passed: int
+    """Tests that ran without raising."""
+    total: int
+    """Tests given."""
+    status: str
+    """``ok`` (all tests ran), ``load_error`` (the program raised), ``timeout``, ``cpu_limit``,
+    ``file_size_limit`` or ``crashed`` (the process died before reporting every test)."""
+    returncode: int | None
+    stdout: str
+    stderr: str
+    wall_s: float
+    network: str
+    """How the network was cut off: ``namespace`` or ``audit-hook`` (``none`` if unreported)."""
+
+    def reward(self, partial: bool = False) -> float:
+        """1.0 if every test passed (else 0.0), or with ``partial`` the fraction passed."""
+        if self.total == 0:
+            return 0.0
+        return self.passed / self.total if partial else float(self.passed == self.total)
+
+
+def run_tests(program: str, tests: Sequence[str], setup: str = "", preamble: str = "",
+              config: SandboxConfig | None = None) -> Result:
+    """Run ``preamble``, ``program`` and ``setup`` in one namespace, then each test (a statement
+    such as ``assert f(1) == 2``) in it; a test passes when it raises nothing."""
+    config = config or SandboxConfig()
+    root = os.geteuid() == 0 and config.drop_privileges
+    with _lease_uid(config) if root else nullcontext(None) as uid:
+        outer = Path(tempfile.mkdtemp(prefix="ibpo-sandbox-"))
+        try:
+            return _run_in(outer, uid, program, list(tests), setup, preamble, config)
+        except BaseException:
+            if uid is not None:
+                _kill_uid(uid)
+            raise
+        finally:
+            shutil.rmtree(outer, ignore_errors=True)
+
+
+def _run_in(outer: Path, uid: int | None, program: str, tests: list[str], setup: str,
+            preamble: str, config: SandboxConfig) -> Result:
+    outer.chmod(0o711)
+    work = outer / "work"
+    work.mkdir(mode=0o700)
+    if uid is not None:
+        os.chown(work, uid, uid)
+        if uid not in _SWEPT:  # anything left by a process that died while running under it
+            _kill_uid(uid)
+            _SWEPT.add(uid)
+    nonce = secrets.token_hex(16)
+    read_end, write_end = os.pipe()
+    request = {
+        **{k: v for k, v in asdict(config).items() if k not in ("uid_base", "uid_count")},
+        "cpu_s": config.cpu_s or max(1, int(-(-config.timeout_s // 1))),
+        "nonce": nonce, "report_fd": write_end, "uid": uid, "preamble": preamble,
+        "program": program, "setup": setup, "tests": tests,
+        "shared_netns": _shared_netns() if config.isolate_network and uid is not None else None,
+    }
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(work), "TMPDIR": str(work),
+           "LANG": "C.UTF-8"}
+    with (open(outer / "request", "w+b") as stdin, open(outer / "stdout", "w+b") as out,
+          open(outer / "stderr", "w+b") as err):
+        stdin.write(json.dumps(request).encode())
+        stdin.seek(0)
+        start = time.monotonic()
+        try:
+            process = subprocess.Popen(
+                [config.python or sys.executable, "-I", "-S", "-B", _CHILD], stdin=stdin,
+                stdout=out, stderr=err, cwd=work, env=env, pass_fds=(write_end,),
+                start_new_session=True,
+            )
+        finally:
+            os.close(write_end)
+        try:
+            timed_out = not _wait_unreaped(process.pid, config.timeout_s)
+            _kill_group(process.pid)  # the leader is not reaped yet, so the group id is ours
+            returncode = process.wait()
+            if uid is not None:  # escapes from the group; then wait for init to reap them
+                _kill_uid(uid)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                process.wait()
+        wall_s = time.monotonic() - start
+        report = _read_available(read_end)
+        os.close(read_end)
+        stdout, stderr = (_head(f, config.output_bytes) for f in (out, err))
+    return _result(report, nonce, len(tests), timed_out, returncode, stdout, stderr, wall_s)
+
+
+def _result(report: str, nonce: str, total: int, timed_out: bool, returncode: int | None,
+            stdout: str, stderr: str, wall_s: float) -> Result:
+    passed: set[int] = set()
+    network, loaded, done = "none", True, False
+    for line in report.splitlines():
+        fields = line.split(" ")
+        if len(fields) < 2 or fields[0] != nonce:
+            continue
+        if fields[1] == "net" and len(fields) == 3:
+            network = fields[2]
+        elif fields[1] == "load":
+            loaded = False
+        elif fields[1] == "done":
+            done = True
+        elif len(fields) == 3 and fields[1].isdigit() and fields[2] == "1":
+            if int(fields[1]) < total:
+                passed.add(int(fields[1]))
+    if timed_out:
+        status = "timeout"
+    elif not loaded:
+        status = "load_error"
+    elif done:
+        status = "ok"
+    else:
+        status = _STATUS_BY_SIGNAL.get(-(returncode or 0), "crashed")
+    return Result(len(passed), total, status, returncode, stdout, stderr, wall_s, network)
+
+
+def _shared_netns() -> tuple[int, str] | None:
+    """(pid, namespace id) of the holder of an empty network namespace, started on first use;
+    None where it cannot be made (each child then tries a namespace of its own)."""
+    with _netns_lock:
+        holder = _netns.get("process")
+        if holder is not None and holder.poll() is None:
+            return holder.pid, _netns["id"]
+        if _netns.get("failed"):
+            return None
+        holder = subprocess.Popen([sys.executable, "-I", "-S", "-c", _NETNS_HOLDER],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, start_new_session=True)
+        line = holder.stdout.readline().decode().strip()
+        if not line.startswith("net:") or holder.poll() is not None:
+            holder.kill()
+            holder.wait()
+            _netns["failed"] = True
+            return None
+        atexit.register(holder.kill)
+        _netns.update(process=holder, id=line)
+        return holder.pid, line
+
+
+def _wait_unreaped(pid: int, timeout_s: float) -> bool:
+    """Wait until ``pid`` exits without reaping it; False on timeout."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        ready, _, _ = select.select([pidfd], [], [], timeout_s)
+        return bool(ready)
+    finally:
+        os.close(pidfd)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _pids_of(uid: int) -> tuple[list[int], int]:
+    """Live processes whose real uid is ``uid``, and how many zombies. (Read from ``status``:
+    after ``setuid`` a process is not dumpable and its ``/proc/<pid>`` belongs to root.)"""
+    live, zombies, prefix = [], 0, b"\nUid:\t%d\t" % uid
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/status", "rb") as f:
+                status = f.read()
+        except OSError:
+            continue
+        if prefix not in status:
+            continue
+        if b"\nState:\tZ" in status or b"\nState:\tX" in status:
+            zombies += 1
+        else:
+            live.append(int(entry.name))
+    return live, zombies
+
+
+def _kill_uid(uid: int, timeout_s: float = 10.0, zombie_wait_s: float = 2.0) -> None:
+    """SIGKILL every process of ``uid`` until none is left (escapes from the group included),
+    then wait up to ``zombie_wait_s`` for init to reap them (zombies count against NPROC)."""
+    start = time.monotonic()
+    while True:
+        live, zombies = _pids_of(uid)
+        if not live and (not zombies or time.monotonic() - start > zombie_wait_s):
+            return
+        for pid in live:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if live and time.monotonic() - start > timeout_s:
+            raise RuntimeError(f"sandbox uid {uid}: processes {live} survive SIGKILL")
+        time.sleep(0.002)
+
+
+@contextmanager
+def _lease_uid(config: SandboxConfig) -> Iterator[int]:
+    """An unused sandbox uid, held (by ``flock``, across processes) until the run ends."""
+    _LOCK_DIR.mkdir(mode=0o700, exist_ok=True)
+    info = _LOCK_DIR.lstat()  # refuse a directory planted by someone else (e.g. a symlink)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o077:
+        raise RuntimeError(f"{_LOCK_DIR} must be a directory owned by root with mode 0700")
+    for uid in range(config.uid_base, config.uid_base + config.uid_count):
+        fd = os.open(_LOCK_DIR / str(uid), os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        try:
+            yield uid
+        finally:
+            os.close(fd)
+        return
+    raise RuntimeError(f"all {config.uid_count} sandbox uids from {config.uid_base} are in use")
+
+
+def _read_available(fd: int, limit: int = 1 << 20) -> str:
+    """What the pipe holds now (never blocks: an escaped process may still hold it open)."""
+    os.set_blocking(fd, False)
+    chunks, size = [], 0
+    while size < limit:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def _head(file, limit: int) -> str:
+    file.seek(0)
+    return file.read(limit).decode("utf-8", "replace")

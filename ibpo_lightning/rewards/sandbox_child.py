@@ -1,0 +1,183 @@
+"""The sandboxed side of :mod:`ibpo_lightning.rewards.sandbox` (a script, not imported).
+
+Run as ``python -I -S -B sandbox_child.py`` with a JSON request on stdin; standard library only.
+A trusted set-up phase (still as the parent's user) lowers the priority, asks the parent's death
+to kill it, moves into a fresh network namespace when the kernel allows, sets the resource limits
+and, when started as root, drops to the sandbox uid. Then the program runs in a fresh namespace,
+then each test. Results go to the report pipe as lines ``<nonce> <test index> <1|0>``, then
+``<nonce> done``; a program that fails to load writes ``<nonce> load 0`` instead.
+"""
+
+import json
+import os
+import resource
+import sys
+
+_CLONE_NEWUSER = 0x10000000
+_CLONE_NEWNET = 0x40000000
+_PR_SET_PDEATHSIG = 1
+_SIGKILL = 9
+_BLOCKED_PREFIXES = ("socket.", "os.exec", "os.posix_spawn", "os.spawn", "os.system",
+                     "subprocess.Popen", "os.fork_exec", "ctypes.dlopen", "pty.spawn")
+
+
+def _libc():
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True)
+    except Exception:
+        return None
+
+
+def _isolate_network(libc, shared) -> str:
+    """Join the parent's empty network namespace, else make one where the kernel allows; says
+    how the network is cut off."""
+    if shared is not None and libc is not None:
+        pid, wanted = shared
+        try:
+            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+            joined = libc.setns(fd, _CLONE_NEWNET) == 0
+            os.close(fd)
+            if joined and os.readlink("/proc/self/ns/net") == wanted:  # not a reused pid's
+                return "namespace"
+        except OSError:
+            pass
+    flags = _CLONE_NEWNET if os.geteuid() == 0 else _CLONE_NEWUSER | _CLONE_NEWNET
+    return "namespace" if libc is not None and libc.unshare(flags) == 0 else "audit-hook"
+
+
+def _own_process_count(uid: int) -> int:
+    count = 0
+    for name in os.listdir("/proc"):
+        try:
+            count += name.isdigit() and os.stat(f"/proc/{name}").st_uid == uid
+        except OSError:
+            pass
+    return count
+
+
+def _set_limits(request: dict) -> None:
+    mib = 1024 * 1024
+    cpu = request["cpu_s"]
+    limits = {
+        resource.RLIMIT_CPU: (cpu, cpu + 1),  # SIGXCPU at cpu_s seconds, SIGKILL one later
+        resource.RLIMIT_AS: (request["memory_mb"] * mib,) * 2,
+        resource.RLIMIT_FSIZE: (request["file_size_mb"] * mib,) * 2,
+        resource.RLIMIT_NOFILE: (request["max_open_files"],) * 2,
+        resource.RLIMIT_CORE: (0, 0),
+    }
+    processes = request["max_processes"]
+    processes += request["existing_processes"]
+    limits[resource.RLIMIT_NPROC] = (processes, processes)
+    for which, (soft, hard) in limits.items():
+        resource.setrlimit(which, (soft, hard))
+
+
+def _keep_imports_readable() -> None:
+    """Import through directory descriptors opened now, as the stdlib may sit under a directory
+    (such as /root) that the sandbox uid cannot enter; a process may always use its own fds."""
+    moved = {}
+    for path in sys.path:
+        try:
+            moved[path] = f"/proc/self/fd/{os.open(path, os.O_RDONLY | os.O_DIRECTORY)}"
+        except OSError:
+            pass
+    sys.path[:] = list(moved.values())
+    for module in list(sys.modules.values()):  # packages already imported, e.g. collections
+        search = getattr(module, "__path__", None)
+        if isinstance(search, list):
+            for i, entry in enumerate(search):
+                for old, new in moved.items():
+                    if entry.startswith(old + os.sep):
+                        search[i] = new + entry[len(old):]
+    sys.path_importer_cache.clear()
+
+
+def _audit_hook(event: str, args: tuple) -> None:
+    if event.startswith(_BLOCKED_PREFIXES):
+        raise PermissionError(f"sandbox: {event} is not allowed")
+    if event in ("os.kill", "os.killpg") and args[0] != os.getpid() and (
+        args[0] <= 0 or args[0] == _PARENT or event == "os.killpg"
+    ):
+        raise PermissionError(f"sandbox: {event}{args} is not allowed")
+
+
+def _run(request, report, nonce, exec_=exec, compile_=compile, error=BaseException,
+         enumerate_=enumerate, exit_=os._exit):
+    """Load the program, run each test, report; every name used is bound before the program runs."""
+    namespace = {"__name__": "__sandbox__"}
+    try:
+        for name in ("preamble", "program", "setup"):
+            exec_(compile_(request[name], f"<{name}>", "exec"), namespace)
+    except error:
+        _print_error()
+        report(f"{nonce} load 0\n".encode())
+        _flush()
+        exit_(1)
+    for index, test in enumerate_(request["tests"]):
+        try:
+            exec_(compile_(test, f"<test {index}>", "exec"), namespace)
+            ok = 1
+        except error:
+            _print_error()
+            ok = 0
+        report(f"{nonce} {index} {ok}\n".encode())
+    report(f"{nonce} done\n".encode())
+    _flush()
+    exit_(0)
+
+
+def _print_error() -> None:
+    try:
+        import traceback
+
+        traceback.print_exc(limit=20)  # the outermost frames: walking a deep stack takes long
+    except BaseException:
+        pass
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
+
+
+_PARENT = os.getppid()
+
+
+def main() -> None:
+    request = json.loads(sys.stdin.buffer.read())
+    nonce, fd = request.pop("nonce"), request["report_fd"]
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.nice(request["niceness"])
+    # RLIMIT_NPROC counts all processes of the real uid: without a sandbox uid, allow this many more
+    request["existing_processes"] = _own_process_count(os.getuid()) if request["uid"] is None else 0
+    libc = _libc()
+    network = "audit-hook"
+    if request["isolate_network"]:
+        network = _isolate_network(libc, request["shared_netns"])
+    os.write(fd, f"{nonce} net {network}\n".encode())
+    _set_limits(request)
+    if request["uid"] is not None:
+        _keep_imports_readable()
+        os.setgroups([])
+        os.setgid(request["uid"])
+        os.setuid(request["uid"])
+    if libc is not None:  # after the uid change, which clears it
+        libc.prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
+    del libc
+    if os.getppid() != _PARENT:  # the parent died before the death signal was armed
+        os._exit(1)
+    if request["audit_hook"]:
+        sys.addaudithook(_audit_hook)
+    write = os.write
+    _run(request, lambda data: write(fd, data), nonce)
+
+
+if __name__ == "__main__":
+    main()
