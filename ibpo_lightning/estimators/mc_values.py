@@ -30,8 +30,8 @@ import torch
 
 from ibpo_lightning.estimators.base import Estimator
 from ibpo_lightning.estimators.functional import value_differences
-from ibpo_lightning.estimators.segments import continue_prefixes, segment, thin
-from ibpo_lightning.types import Kind, RolloutBatch, Trajectory
+from ibpo_lightning.estimators.segments import continuation, continue_prefixes, segment, thin
+from ibpo_lightning.types import Kind, RolloutBatch
 
 
 class VinePPO(Estimator):
@@ -96,14 +96,8 @@ class VinePPO(Estimator):
                                     kind=Kind.PROBE.name.lower(), temperature=self.probe_temperature)
         probes = []
         for (i, b, parent), group in zip(items, samples):
-            src = trajs[i]
-            for s in group:
-                ids = src.response_ids[:b] + s.token_ids
-                probes.append(Trajectory(
-                    prompt_ids=src.prompt_ids, response_ids=ids, logprobs=src.logprobs[:b] + s.logprobs,
-                    prompt_text=src.prompt_text, response_text=tok.decode(ids, skip_special_tokens=True),
-                    group=src.group, finished=s.finished, kind=Kind.PROBE, parent=parent, prefix_len=b,
-                    trained=False))
+            probes += [continuation(tok, trajs[i], b, s, kind=Kind.PROBE, parent=parent, trained=False)
+                       for s in group]
         answers = [batch.answers[t.group] for t in probes]
         rewards = task.score([t.response_text for t in probes], answers) if probes else []
         for t, r in zip(probes, rewards):

@@ -30,8 +30,8 @@ import torch
 
 from ibpo_lightning.estimators.base import Estimator
 from ibpo_lightning.estimators.functional import broadcast_to_tokens, zscore_within
-from ibpo_lightning.estimators.segments import continue_prefixes, segment
-from ibpo_lightning.types import Kind, RolloutBatch, Trajectory
+from ibpo_lightning.estimators.segments import continuation, continue_prefixes, segment
+from ibpo_lightning.types import Kind, RolloutBatch
 
 
 class ResetEstimator(Estimator):
@@ -85,13 +85,7 @@ class ResetEstimator(Estimator):
                                     kind=Kind.RESET_SUFFIX.name.lower(), temperature=self.reset_temperature)
         new = []
         for i, cut, group in zip(parents, cuts, samples):
-            p = trajs[i]
-            for s in group:
-                ids = p.response_ids[:cut] + s.token_ids
-                new.append(Trajectory(
-                    prompt_ids=p.prompt_ids, response_ids=ids, logprobs=p.logprobs[:cut] + s.logprobs,
-                    prompt_text=p.prompt_text, response_text=tok.decode(ids, skip_special_tokens=True),
-                    group=p.group, finished=s.finished, kind=Kind.RESET_SUFFIX, parent=i, prefix_len=cut))
+            new += [continuation(tok, trajs[i], cut, s, kind=Kind.RESET_SUFFIX, parent=i) for s in group]
         rewards = task.score([t.response_text for t in new], [batch.answers[t.group] for t in new]) if new else []
         for t, r in zip(new, rewards):
             t.reward = float(r)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ibpo_lightning.rollout.engine import Sample
+from ibpo_lightning.types import Trajectory
 
 if TYPE_CHECKING:
     from ibpo_lightning.rollout.callback import RolloutCallback
@@ -81,3 +82,12 @@ def continue_prefixes(
         for i, samples in zip(idx, got):
             out[i] = samples
     return out
+
+
+def continuation(tokenizer, src: Trajectory, cut: int, sample: Sample, **fields) -> Trajectory:
+    """A new row: the first ``cut`` response tokens of ``src`` followed by ``sample`` (the shared
+    prefix marked by ``prefix_len``); ``fields`` set ``kind``, ``parent``, ``trained``."""
+    ids = src.response_ids[:cut] + sample.token_ids
+    return Trajectory(prompt_ids=src.prompt_ids, response_ids=ids, logprobs=src.logprobs[:cut] + sample.logprobs,
+                      prompt_text=src.prompt_text, response_text=tokenizer.decode(ids, skip_special_tokens=True),
+                      group=src.group, finished=sample.finished, prefix_len=cut, **fields)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from ibpo_lightning.rewards.code import CodeReward, TestSpec
 from ibpo_lightning.tasks.base import Problem, Task
-from ibpo_lightning.tasks.jsonl import _is_local, _line_number, split_heldout
+from ibpo_lightning.tasks.jsonl import open_rows, split_heldout
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are an expert Python programmer. Put your complete solution in one ```python code block."
@@ -160,17 +159,7 @@ class CodeTask(Task):
             raise ValueError(f"no training problems left in {train_path}")
 
     def _load(self, path: str, split: str, ids: tuple[int, int] | None) -> list[Problem]:
-        import datasets
-
-        if _is_local(path):
-            local = Path(path).expanduser()
-            if not local.is_file():
-                raise FileNotFoundError(f"JSONL file not found: {path}")
-            rows = datasets.load_dataset("json", data_files=str(local), split="train")
-            name, where = local.name, lambda i: f"row {_line_number(local, i)}"
-        else:
-            rows = datasets.load_dataset(path, self.dataset_config, split=split)
-            name, where = f"{path} [{split}]", lambda i: f"row {i + 1}"
+        rows, name, where = open_rows(path, split, self.dataset_config)
         problems = []
         for i, row in enumerate(rows):
             if ids is not None:

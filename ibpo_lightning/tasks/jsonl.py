@@ -61,13 +61,9 @@ class Records:
     """``locate(i)``: ``"<name> row <line>"`` for the i-th row, for error messages."""
 
 
-def read_fields(path: str, fields: Sequence[str], split: str = "train", dataset_config: str | None = None,
-                drop_incomplete: bool = False) -> Records:
-    """Read ``fields`` (dotted for nested ones) of every row of a local JSONL file or a Hub dataset.
-
-    A row lacking a field, or holding an empty one, is an error naming the file, row and field;
-    with ``drop_incomplete`` such rows are left out instead, with one warning that counts them.
-    """
+def open_rows(path: str, split: str = "train", dataset_config: str | None = None):
+    """The rows of a local JSONL file or a Hub dataset split, its display name, and ``where(i)``:
+    the 1-based location of row ``i`` (the file's line for local files) for error messages."""
     import datasets
 
     if _is_local(path):
@@ -75,10 +71,19 @@ def read_fields(path: str, fields: Sequence[str], split: str = "train", dataset_
         if not local.is_file():
             raise FileNotFoundError(f"JSONL file not found: {path}")
         rows = datasets.load_dataset("json", data_files=str(local), split="train")
-        name, where = local.name, lambda i: f"row {_line_number(local, i)}"
-    else:
-        rows = datasets.load_dataset(path, dataset_config, split=split)
-        name, where = f"{path} [{split}]", lambda i: f"row {i + 1}"
+        return rows, local.name, lambda i: f"row {_line_number(local, i)}"
+    rows = datasets.load_dataset(path, dataset_config, split=split)
+    return rows, f"{path} [{split}]", lambda i: f"row {i + 1}"
+
+
+def read_fields(path: str, fields: Sequence[str], split: str = "train", dataset_config: str | None = None,
+                drop_incomplete: bool = False) -> Records:
+    """Read ``fields`` (dotted for nested ones) of every row of a local JSONL file or a Hub dataset.
+
+    A row lacking a field, or holding an empty one, is an error naming the file, row and field;
+    with ``drop_incomplete`` such rows are left out instead, with one warning that counts them.
+    """
+    rows, name, where = open_rows(path, split, dataset_config)
     columns = [_column(rows, field) for field in fields]
     values = list(zip(*columns)) if columns else []
     kept: list[int] = []
