@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import types
 import warnings
 
 import torch
@@ -18,7 +19,9 @@ from lightning.pytorch import LightningModule
 from torchmetrics import MeanMetric
 
 from ibpo_lightning.losses import PolicyLoss, truncated_importance_weight
+from ibpo_lightning.rng import rng_states, set_rng_states
 from ibpo_lightning.models import load_policy
+from ibpo_lightning.models.sharding import shard
 from ibpo_lightning.losses import token_logprobs
 from ibpo_lightning.evaluation import EvalSuite
 from ibpo_lightning.rollout.callback import RolloutCallback, find_callback
@@ -62,8 +65,13 @@ class PolicyModule(LightningModule):
         ppo_epochs: passes over each rollout batch.
         mini_batches: optimizer updates per pass (groups are split evenly between them).
         micro_batch_size: rows per forward/backward; whole groups are packed up to this size.
+        micro_batch_tokens: also cap each micro-batch at this many padded tokens (rows x longest
+            row), so long responses get fewer rows per pass (None: rows only).
         max_grad_norm: gradient clipping threshold (None = no clipping, the norm is still logged).
         gradient_checkpointing: trade compute for memory in the policy's forward pass.
+        param_dtype: under ``ModelParallelStrategy`` (FSDP2), the dtype parameters are gathered
+            and computed in (``bfloat16``: mixed precision, gradients reduced in float32).
+        offload_reference: under FSDP2, keep the frozen reference's shards in CPU memory (GPU).
         max_policy_lag: how many updates older than the policy a batch's sampler may be; 0 refuses
             any stale batch. Above 0, advantages are weighted by the truncated importance ratio
             ``min(pi_trainer / pi_engine, tis_cap)`` of each token.
@@ -89,8 +97,11 @@ class PolicyModule(LightningModule):
         ppo_epochs: int = 1,
         mini_batches: int = 1,
         micro_batch_size: int = 16,
+        micro_batch_tokens: int | None = None,
         max_grad_norm: float | None = 1.0,
         gradient_checkpointing: bool = False,
+        param_dtype: str | None = None,
+        offload_reference: bool = False,
         max_policy_lag: int = 0,
         tis_cap: float = 2.0,
         eval_samples: int = 1,
@@ -106,7 +117,9 @@ class PolicyModule(LightningModule):
         self.model_name, self.loss = model, loss if loss is not None else PolicyLoss()
         self.lr, self.weight_decay, self.betas, self.warmup_steps = lr, weight_decay, tuple(betas), warmup_steps
         self.ppo_epochs, self.mini_batches, self.micro_batch_size = ppo_epochs, mini_batches, micro_batch_size
+        self.micro_batch_tokens = micro_batch_tokens
         self.max_grad_norm, self.gradient_checkpointing = max_grad_norm, gradient_checkpointing
+        self.param_dtype, self.offload_reference = param_dtype, offload_reference
         if max_policy_lag < 0 or tis_cap <= 0:
             raise ValueError(f"model.max_policy_lag must be >= 0 and model.tis_cap > 0, got "
                              f"{max_policy_lag} and {tis_cap}")
@@ -130,6 +143,12 @@ class PolicyModule(LightningModule):
         if self.gradient_checkpointing:
             self.policy.gradient_checkpointing_enable()
         self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        for model in (self.policy, self.reference):  # scoring runs the decoder and head separately
+            model.token_logprobs = types.MethodType(token_logprobs, model)
+        if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2 over the data-parallel ranks
+            shard(self.policy, self.device_mesh, self.param_dtype, methods=("token_logprobs",))
+            shard(self.reference, self.device_mesh, self.param_dtype, offload=self.offload_reference,
+                  methods=("token_logprobs",))
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -174,8 +193,10 @@ class PolicyModule(LightningModule):
         totals: dict[str, float] = {}
         mismatch = _Mismatch()
         updates = 0
+        minis = batch.split_groups(rows, self.mini_batches)
+        minis += [[] for _ in range(int(self._reduce(len(minis), "max")) - len(minis))]  # same count on every rank
         for epoch in range(self.ppo_epochs):
-            for mini in batch.split_groups(rows, self.mini_batches):
+            for mini in minis:
                 stats = self._update(batch, mini, [i for i in mini if i in busy_set], old, ref, opt,
                                      mismatch if epoch == 0 else None)
                 if stats is None:
@@ -191,18 +212,25 @@ class PolicyModule(LightningModule):
         metrics.update({"time/logprobs": logprob_time, "time/train": time.perf_counter() - start - logprob_time,
                         "train/skipped_updates": float(self.skipped_updates), "train/lr": sched.get_last_lr()[0]})
         self.log("reward", metrics["train/reward_mean"], prog_bar=True, on_step=True, on_epoch=False, logger=False)
-        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(batch))
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(batch), sync_dist=self._world() > 1)
 
     def _update(self, batch, rows, busy, old, ref, opt, mismatch=None) -> dict[str, float] | None:
         """One optimizer update over ``rows`` (forward passes on ``busy`` only); None if skipped.
 
         ``mismatch`` collects trainer-vs-engine log-prob differences (first pass over the batch).
+        With several data-parallel ranks the normaliser covers every rank's rows (gradients are
+        averaged across ranks, so the update equals one process training on the whole batch), and
+        every rank runs the same number of forward/backward passes (FSDP gathers in each).
         """
-        normaliser = self.loss.normaliser(batch.loss_weights[rows])
+        local = self.loss.normaliser(batch.loss_weights[rows]) if rows else 0.0
+        normaliser = self._reduce(local) / self._world()
         opt.zero_grad(set_to_none=True)
         stats: dict[str, float] = {}
-        n_micro = 0
-        for micro in batch.group_chunks(busy, self.micro_batch_size):
+        n_micro, bad = 0, None
+        for micro in self._in_step(batch.group_chunks(busy, self.micro_batch_size, self.micro_batch_tokens)):
+            if micro is None:  # a pass that adds nothing, to match another rank's extra micro-batch
+                self.manual_backward(self._logprobs(self.policy, batch, [0])[0].sum() * 0.0)
+                continue
             logp, entropy, width = self._logprobs(self.policy, batch, micro, with_entropy=True)
             w = batch.loss_weights[micro, :width]
             old_logp = old[micro, :width] if old is not None else logp.detach()
@@ -215,7 +243,7 @@ class PolicyModule(LightningModule):
                 adv = adv * truncated_importance_weight(old_logp, engine_logp, self.tis_cap)
             loss, st = self.loss(logp, old_logp, adv, w, normaliser, ref_logp)
             if not torch.isfinite(loss):
-                return self._skip(opt, "loss")
+                bad = bad or "loss"  # still backward: the other ranks' passes wait for this one's
             self.manual_backward(loss)
             n_micro += 1
             st.entropy = float((entropy * w.gt(0)).sum() / w.gt(0).sum().clamp(min=1))
@@ -223,13 +251,32 @@ class PolicyModule(LightningModule):
                 merge = max if k == "ratio_max" else min if k == "ratio_min" else lambda a, b: a + b
                 stats[k] = merge(stats[k], v) if k in stats else v
         norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm or math.inf)
-        if not torch.isfinite(norm):
-            return self._skip(opt, "gradient")
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # a DTensor under FSDP2
+        if bad is None and not torch.isfinite(norm):
+            bad = "gradient"
+        if self._reduce(bad is not None, "max"):  # one rank's bad update is every rank's
+            return self._skip(opt, bad or "loss or gradient on another rank")
         opt.step()
         averaged = ("kl", "clip_fraction", "entropy")
         out = {k: v / max(n_micro, 1) if k in averaged else v for k, v in stats.items()}
         out["grad_norm"] = float(norm)
         return out
+
+    def _world(self) -> int:
+        return self.trainer.world_size if self._trainer is not None else 1
+
+    def _reduce(self, value: float, op: str = "sum") -> float:
+        """``value`` summed (or maxed) over the data-parallel ranks; itself on one process."""
+        if self._world() == 1:
+            return float(value)
+        total = torch.tensor(float(value), dtype=torch.float64, device=self.device)
+        dist = torch.distributed
+        dist.all_reduce(total, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+        return float(total)
+
+    def _in_step(self, chunks: list[list[int]]) -> list[list[int] | None]:
+        """``chunks`` padded with None up to the largest count on any rank."""
+        return chunks + [None] * (int(self._reduce(len(chunks), "max")) - len(chunks))
 
     def _skip(self, opt, what: str) -> None:
         opt.zero_grad(set_to_none=True)
@@ -240,14 +287,17 @@ class PolicyModule(LightningModule):
 
     def _logprobs(self, model, batch, rows, with_entropy=False):
         width = int(batch.attention_mask[rows].sum(-1).max())
-        logp, entropy = token_logprobs(model, batch.input_ids[rows, :width], batch.attention_mask[rows, :width],
-                                       batch.response_mask[rows, :width], self.temperature(), with_entropy)
+        logp, entropy = model.token_logprobs(batch.input_ids[rows, :width], batch.attention_mask[rows, :width],
+                                             batch.response_mask[rows, :width], self.temperature(), with_entropy)
         return logp, entropy, width
 
     @torch.no_grad()
     def _full_logprobs(self, model, batch, rows) -> torch.Tensor:
         out = torch.zeros_like(batch.engine_logprobs)
-        for micro in batch.group_chunks(rows, self.micro_batch_size):
+        for micro in self._in_step(batch.group_chunks(rows, self.micro_batch_size, self.micro_batch_tokens)):
+            if micro is None:  # matches another rank's extra forward pass
+                self._logprobs(model, batch, [0])
+                continue
             logp, _, width = self._logprobs(model, batch, micro)
             out[micro, :width] = logp
         return out
@@ -324,6 +374,7 @@ class PolicyModule(LightningModule):
             del state[key]
         checkpoint["policy_version"] = self.policy_version
         checkpoint["skipped_updates"] = self.skipped_updates
+        checkpoint["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.configure_model()
@@ -332,4 +383,6 @@ class PolicyModule(LightningModule):
             state.setdefault(f"reference.{key}", value)
         self.policy_version = checkpoint.get("policy_version", 0)
         self.skipped_updates = checkpoint.get("skipped_updates", 0)
+        if "rng_states" in checkpoint:  # estimators' random choices continue where they stopped
+            set_rng_states(checkpoint["rng_states"])
 

@@ -113,14 +113,22 @@ class RolloutBatch:
         size = -(-len(groups) // max(1, min(parts, len(groups))))
         return [[i for g in groups[k : k + size] for i in g] for k in range(0, len(groups), size)]
 
-    def group_chunks(self, rows: list[int], max_rows: int) -> list[list[int]]:
-        """Micro-batches of whole groups, each at most ``max_rows`` rows (or one whole group)."""
+    def group_chunks(self, rows: list[int], max_rows: int, max_tokens: int | None = None) -> list[list[int]]:
+        """Micro-batches of whole groups, each at most ``max_rows`` rows and, with ``max_tokens``,
+        at most that many padded tokens (rows x longest row); a group over a limit is alone."""
+        def length(i: int) -> int:
+            t = self.trajectories[i]
+            return len(t.prompt_ids) + len(t.response_ids)
+
         chunks: list[list[int]] = []
         for g in self.groups_of(rows):
-            if chunks and len(chunks[-1]) + len(g) <= max_rows:
-                chunks[-1].extend(g)
-            else:
-                chunks.append(list(g))
+            if chunks:
+                merged = chunks[-1] + g
+                tokens = len(merged) * max(length(i) for i in merged)
+                if len(merged) <= max_rows and (max_tokens is None or tokens <= max_tokens):
+                    chunks[-1] = merged
+                    continue
+            chunks.append(list(g))
         return chunks
 
     def response_slice(self, row: int) -> slice:

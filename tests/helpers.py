@@ -1,5 +1,15 @@
 """Hand-built rollout batches for unit tests of estimator math."""
 
+import hashlib
+import json
+import os
+
+from lightning.pytorch import Callback
+
+from ibpo_lightning.models.sharding import full_tensors
+from ibpo_lightning.rollout import HFEngine
+from ibpo_lightning.rollout.callback import RolloutCallback, find_callback
+from ibpo_lightning.rollout.engine import Sample
 from ibpo_lightning.tasks import ArithmeticTask
 from ibpo_lightning.types import Kind, RolloutBatch, Trajectory
 
@@ -29,3 +39,60 @@ class ParityTask(ArithmeticTask):
 
     def score(self, completions, answers):
         return [float(len(c) % 2 == 0) for c in completions]
+
+
+class BatchRecorder(Callback):
+    """Appends what each training step saw and computed to a JSONL file (flushed at once, so a
+    killed run keeps every finished step): the policy version, the prompts, a digest of the
+    sampled responses, the reward mean, the policy-gradient loss, the gradient norm, and a
+    checksum of the updated weights."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        responses = [t.response_ids for t in batch.trajectories]
+        row = {"version": batch.policy_version, "problems": batch.problems,
+               "responses": hashlib.sha1(json.dumps(responses).encode()).hexdigest(),
+               "reward": float(trainer.callback_metrics["train/reward_mean"]),  # over ranks
+               "loss": float(trainer.callback_metrics["train/pg_loss"]),
+               "grad_norm": float(trainer.callback_metrics["train/grad_norm"]),
+               "weights": _checksum(pl_module.policy.named_parameters())}  # a collective under FSDP
+        self._write(trainer, row)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        engine = find_callback(trainer, RolloutCallback).engine
+        if getattr(engine, "model", None) is not None:  # the HF engine: its weights vs the trainer's
+            theirs = dict(engine.model.named_parameters())
+            diff = max(float((t - theirs[name]).abs().max())
+                       for name, t in full_tensors(pl_module.policy.named_parameters()))
+            self._write(trainer, {"engine_max_diff": diff, "engine_shares_weights": engine.shares_weights})
+
+    def _write(self, trainer, row: dict) -> None:
+        if not trainer.is_global_zero:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _checksum(named) -> float:
+    return sum(float(t.double().abs().sum()) for _, t in full_tensors(named))
+
+
+class ScriptedEngine(HFEngine):
+    """The HF engine (binding and weight sync included) answering with scripted tokens that depend
+    only on the prompt, so that runs under different strategies train on identical batches."""
+
+    def generate(self, prompts, n, *, max_new_tokens, temperature, top_p=1.0, seed=None):
+        out = []
+        for prompt in prompts:
+            base = sum(prompt)
+            group = []
+            for j in range(n):
+                ids = [100 + (base * 7 + 31 * j + 11 * k) % 900 for k in range(min(max_new_tokens, 2 + (base + j) % 5))]
+                group.append(Sample(token_ids=ids, logprobs=[-1.0] * len(ids),
+                                    text=self.tokenizer.decode(ids), finished=True))
+            out.append(group)
+        return out

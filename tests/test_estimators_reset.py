@@ -240,7 +240,7 @@ def test_groups_without_a_wrong_sample_are_not_reset():
 def tiny_rollout(max_new_tokens=8):
     model, tok = load_policy("tiny-random-llama")
     rollout = RolloutCallback(HFEngine(), group_size=4, max_new_tokens=max_new_tokens)
-    rollout.module = SimpleNamespace(policy=model, tokenizer=tok, policy_version=0)
+    rollout.module = SimpleNamespace(policy=model, tokenizer=tok, policy_version=0, global_rank=0)
     return rollout
 
 

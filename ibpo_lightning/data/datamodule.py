@@ -69,7 +69,8 @@ class RLDataModule(LightningDataModule):
 
     Args:
         task: where problems and the reward come from.
-        prompts_per_step: problems per RL step (each gets ``rollout.group_size`` samples).
+        prompts_per_step: problems per RL step and data-parallel rank (each gets
+            ``rollout.group_size`` samples); ranks take turns along one shared prompt order.
         steps: RL steps per epoch (the length of the training stream).
         val_batch_size: held-out problems per validation generate call.
         seed: seed of the prompt order.
@@ -99,7 +100,13 @@ class RLDataModule(LightningDataModule):
         """The next ``k`` training problems of the checkpointed prompt order; estimators that need
         more prompts than ``prompts_per_step`` (DAPO's dynamic sampling) draw them here."""
         problems = self.task.train_problems()
-        return [problems[i] for i in self.sampler.take(k)]
+        replicas, rank = self._data_parallel()
+        return [problems[i] for i in self.sampler.take(k * replicas)[rank::replicas]]
+
+    def _data_parallel(self) -> tuple[int, int]:
+        """(data-parallel ranks, this rank); every rank draws the same global prompts and keeps its share."""
+        kwargs = getattr(self.trainer.strategy, "distributed_sampler_kwargs", None) if self.trainer else None
+        return (kwargs["num_replicas"], kwargs["rank"]) if kwargs else (1, 0)
 
     def next_batch(self) -> RolloutBatch:
         """Sample, score and plan one RL step's batch with the current policy."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import TypeVar
 
 from lightning.pytorch import Callback, Trainer
 
+from ibpo_lightning.models.sharding import full_tensors
 from ibpo_lightning.rollout.engine import RolloutEngine, Sample
 from ibpo_lightning.rollout.vllm_engine import default_engine
 from ibpo_lightning.types import RolloutBatch, Trajectory
@@ -33,6 +35,9 @@ class RolloutCallback(Callback):
         temperature: sampling temperature (the trainer scores tokens at the same temperature).
         top_p: nucleus sampling threshold.
         sync_every: sync weights into the engine every this many policy updates.
+        seed: seed of sampling. Each generate call is seeded from (seed, policy version, call
+            number within the step), so a resumed run samples exactly what the uninterrupted run
+            would have; None leaves the engine to its own random stream.
     """
 
     def __init__(
@@ -43,6 +48,7 @@ class RolloutCallback(Callback):
         temperature: float = 1.0,
         top_p: float = 1.0,
         sync_every: int = 1,
+        seed: int | None = 0,
     ) -> None:
         if group_size < 1:
             raise ValueError(f"rollout.group_size must be >= 1, got {group_size}")
@@ -53,6 +59,7 @@ class RolloutCallback(Callback):
         self.engine = engine if engine is not None else default_engine()
         self.group_size, self.max_new_tokens = group_size, max_new_tokens
         self.temperature, self.top_p, self.sync_every = temperature, top_p, sync_every
+        self.seed, self.calls = seed, 0
         self.module = None
         self.tokens_by_kind: dict[str, int] = {}
         self.engine_version = 0
@@ -61,8 +68,12 @@ class RolloutCallback(Callback):
     # -- wiring ----------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
         self.module = pl_module
-        allowed = getattr(pl_module, "max_policy_lag", 0)
-        if not self.engine.shares_weights and self.sync_every - 1 > allowed:
+        if not self.engine.shares_weights:
+            self._check_lag()
+
+    def _check_lag(self) -> None:
+        allowed = getattr(self.module, "max_policy_lag", 0)
+        if self.sync_every - 1 > allowed:
             raise ValueError(
                 f"rollout.sync_every={self.sync_every} lets the engine sample with weights up to "
                 f"{self.sync_every - 1} updates old, but model.max_policy_lag={allowed}: raise "
@@ -78,7 +89,14 @@ class RolloutCallback(Callback):
         if self.engine.tokenizer is None:  # bound lazily: the policy exists after configure_model
             self.engine.bind(self.module.policy, self.module.tokenizer)
             self.engine_version = self.module.policy_version
+            if not self.engine.shares_weights:  # e.g. the HF engine keeps a copy of a sharded policy
+                self._check_lag()
         return self.engine
+
+    @property
+    def policy_version(self) -> int:
+        """The version of the weights the engine samples with."""
+        return self.module.policy_version if self.engine.shares_weights else self.engine_version
 
     # -- the sampler interface used by the data stream and estimators ------------------------
     def encode(self, user_text: str, system_prompt: str | None = None) -> list[int]:
@@ -103,15 +121,24 @@ class RolloutCallback(Callback):
             max_new_tokens=max_new_tokens or self.max_new_tokens,
             temperature=self.temperature if temperature is None else temperature,
             top_p=self.top_p,
+            seed=self._call_seed(kind),
         )
         produced = sum(len(s.token_ids) for group in out for s in group)
         self.tokens_by_kind[kind] = self.tokens_by_kind.get(kind, 0) + produced
         return out
 
+    def _call_seed(self, kind: str) -> int | None:
+        """A seed that depends only on (seed, policy version, kind, call number in this step)."""
+        if self.seed is None:
+            return None
+        self.calls += 1
+        key = f"{self.seed}:{self.module.global_rank}:{self.module.policy_version}:{kind}:{self.calls}".encode()
+        return int.from_bytes(hashlib.blake2b(key, digest_size=4).digest(), "little")
+
     def sample_groups(self, problems, system_prompt: str | None) -> RolloutBatch:
         """One group of ``group_size`` fresh samples per problem (rewards not yet scored)."""
         start = time.perf_counter()
-        self.tokens_by_kind = {}
+        self.tokens_by_kind, self.calls = {}, 0
         prompts = [self.encode(p.prompt, system_prompt) for p in problems]
         groups = self.generate(prompts, self.group_size)
         trajs = [
@@ -120,8 +147,7 @@ class RolloutCallback(Callback):
             for g, (p, prompt, group) in enumerate(zip(problems, prompts, groups))
             for s in group
         ]
-        version = self.module.policy_version if self.engine.shares_weights else self.engine_version
-        batch = RolloutBatch(trajs, policy_version=version,
+        batch = RolloutBatch(trajs, policy_version=self.policy_version,
                              problems=[p.prompt for p in problems], answers=[p.answer for p in problems])
         batch.stats["time/generate"] = time.perf_counter() - start
         return batch
@@ -131,6 +157,7 @@ class RolloutCallback(Callback):
         if pl_module.policy_version % self.sync_every:
             return
         start = time.perf_counter()
-        self._engine().sync_weights(pl_module.policy.named_parameters())
+        # under FSDP every rank gathers one parameter at a time into its own engine
+        self._engine().sync_weights(full_tensors(pl_module.policy.named_parameters()))
         self.engine_version = pl_module.policy_version
         pl_module.log("time/sync", time.perf_counter() - start, on_step=True, on_epoch=False)

@@ -45,8 +45,14 @@ class RolloutEngine(ABC):
         max_new_tokens: int,
         temperature: float,
         top_p: float = 1.0,
+        seed: int | None = None,
     ) -> list[list[Sample]]:
-        """``n`` samples for each token prompt; temperature 0 means greedy."""
+        """``n`` samples for each token prompt; temperature 0 means greedy.
+
+        With a ``seed`` the call is reproducible: the same seed, prompts and weights give the same
+        samples whatever was sampled before (how a resumed run repeats the uninterrupted one).
+        None draws from the engine's own random stream.
+        """
 
     def continue_from(
         self, prompts: list[list[int]], prefixes: list[list[int]], n: int, **kwargs

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import torch
 
+from ibpo_lightning.models.sharding import full_tensors, is_sharded
 from ibpo_lightning.rollout.engine import RolloutEngine, Sample
 
 
 class HFEngine(RolloutEngine):
-    """Samples with the trainer's own module (no weight copy, never stale).
+    """Samples with the trainer's own module (no weight copy, never stale); with a sharded
+    (FSDP2) policy, with a full copy per rank that each weight sync refreshes.
 
     Args:
         batch_size: distinct prompts pre-filled per chunk (each then sampled ``n`` times).
@@ -30,23 +32,45 @@ class HFEngine(RolloutEngine):
         self.model = None
 
     def bind(self, model: torch.nn.Module, tokenizer) -> None:
-        self.model, self.tokenizer = model, tokenizer
+        self.tokenizer = tokenizer
+        if not is_sharded(model):
+            self.model = model
+            return
+        # sharded (FSDP2): sampling with it would make every decoding step a collective across
+        # ranks, so this rank samples with a full copy that receives the weights at each sync
+        from transformers import AutoModelForCausalLM
+
+        first = next(model.parameters())
+        self.model = AutoModelForCausalLM.from_config(model.config, dtype=first.dtype).to(first.device)
+        self.shares_weights = False
+        self.sync_weights(full_tensors(model.named_parameters()))
 
     @torch.no_grad()
-    def generate(self, prompts, n, *, max_new_tokens, temperature, top_p=1.0):
+    def sync_weights(self, named_tensors) -> None:
+        if self.shares_weights:
+            return
+        params = dict(self.model.named_parameters())
+        for name, tensor in named_tensors:
+            params[name].copy_(tensor)
+
+    @torch.no_grad()
+    def generate(self, prompts, n, *, max_new_tokens, temperature, top_p=1.0, seed=None):
         was_training = self.model.training
         self.model.eval()
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(next(self.model.parameters()).device).manual_seed(seed)
         try:
             out: list[list[Sample]] = []
             for start in range(0, len(prompts), self.batch_size):
                 chunk = prompts[start : start + self.batch_size]
-                rows = self._sample(chunk, n, max_new_tokens, temperature, top_p)
+                rows = self._sample(chunk, n, max_new_tokens, temperature, top_p, generator)
                 out.extend(rows[i * n : (i + 1) * n] for i in range(len(chunk)))
             return out
         finally:
             self.model.train(was_training)
 
-    def _sample(self, prompts, n, max_new_tokens, temperature, top_p) -> list[Sample]:
+    def _sample(self, prompts, n, max_new_tokens, temperature, top_p, generator=None) -> list[Sample]:
         tok, device = self.tokenizer, next(self.model.parameters()).device
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), tok.pad_token_id, dtype=torch.long)
@@ -69,7 +93,7 @@ class HFEngine(RolloutEngine):
         active = torch.arange(total, device=device)  # original row of each live cache row
         finished = [False] * total
         for _ in range(max_new_tokens):
-            chosen, chosen_logp = _pick(logits, temperature, top_p)
+            chosen, chosen_logp = _pick(logits, temperature, top_p, generator)
             done = []
             for row, token, lp in zip(active.tolist(), chosen.tolist(), chosen_logp.tolist()):
                 tokens[row].append(token)
@@ -95,7 +119,8 @@ class HFEngine(RolloutEngine):
         ]
 
 
-def _pick(logits: torch.Tensor, temperature: float, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _pick(logits: torch.Tensor, temperature: float, top_p: float,
+          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample (or, at temperature 0, take the argmax of) each row; non-finite logits are tamed."""
     logits = torch.nan_to_num(logits.float(), nan=0.0, posinf=1e4, neginf=-1e4)  # [B, V]
     if temperature <= 0:
@@ -111,6 +136,6 @@ def _pick(logits: torch.Tensor, temperature: float, top_p: float) -> tuple[torch
     # inverse-CDF sampling: one uniform number per row (torch.multinomial draws one per
     # vocabulary entry and was a quarter of the decode time on CPU)
     cdf = logp.double().exp().cumsum(-1)
-    u = torch.rand(len(cdf), 1, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+    u = torch.rand(len(cdf), 1, dtype=cdf.dtype, device=cdf.device, generator=generator) * cdf[:, -1:]
     chosen = torch.searchsorted(cdf, u).squeeze(-1).clamp(max=logits.shape[-1] - 1)
     return chosen, logp.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)

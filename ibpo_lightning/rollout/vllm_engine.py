@@ -7,8 +7,8 @@ engine from sampling with anything but the weights it was last given:
 * after every reload the prefix cache is reset (cached prompt KV was computed by old weights);
 * a tied input/output embedding is re-packed for the output projection (on CPU vLLM packs the
   ``lm_head`` GEMM at load time and its reload path leaves that packed copy stale);
-* the engine is seeded once at construction (per-request seeds would make identical prompts
-  give identical samples).
+* without a call seed the engine's own stream (seeded once at construction) is used; with one,
+  each prompt gets a distinct request seed derived from it, so identical prompts still differ.
 
 On CUDA, ``sleep_mode`` frees the GPU between generation and training: weights are offloaded and
 the KV cache discarded after each generate call, weights wake up before a sync and the KV cache
@@ -146,7 +146,7 @@ class VLLMEngine(RolloutEngine):
                 scratch.cleanup()
 
     # -- generation ------------------------------------------------------------------------
-    def generate(self, prompts, n, *, max_new_tokens, temperature, top_p=1.0):
+    def generate(self, prompts, n, *, max_new_tokens, temperature, top_p=1.0, seed=None):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -159,6 +159,8 @@ class VLLMEngine(RolloutEngine):
         params = SamplingParams(n=n, temperature=max(temperature, 0.0), top_p=top_p if temperature > 0 else 1.0,
                                 max_tokens=max_new_tokens, logprobs=0, detokenize=False,
                                 stop_token_ids=[self.tokenizer.eos_token_id])
+        if seed is not None:  # vLLM seeds the n samples of a request seed, seed+1, ...: keep ranges apart
+            params = [_seeded(params, (seed + i * n) % 2**62) for i in range(len(prompts))]
         self._wake("kv_cache")
         threads = torch.get_num_threads()
         if self.generation_threads:
@@ -198,6 +200,12 @@ class VLLMEngine(RolloutEngine):
         if self.sleep_mode and not self.asleep:
             self.llm.sleep(level=1)
             self.asleep = {"weights", "kv_cache"}
+
+
+def _seeded(params, seed: int):
+    params = params.clone()
+    params.seed = seed
+    return params
 
 
 def _repack_output_projection(model: torch.nn.Module) -> None:

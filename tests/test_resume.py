@@ -1,0 +1,95 @@
+"""Exact resume: a run killed with SIGKILL and resumed from its last checkpoint continues with the
+same prompts, the same samples and the same loss as the uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+STEPS = 6
+
+OVERLAY = """
+trainer:
+  enable_checkpointing: true
+  num_sanity_val_steps: 0
+  limit_val_batches: 0
+  enable_progress_bar: false
+  logger: false
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {{dirpath: {root}/checkpoints, save_last: true, save_top_k: 0, every_n_train_steps: 1}}
+    - class_path: tests.helpers.BatchRecorder
+      init_args: {{path: {root}/steps.jsonl}}
+model:
+  lr: 1.0e-3
+data:
+  task:
+    class_path: tests.helpers.ParityTask
+    init_args: {{num_train: 16, num_heldout: 4}}
+  prompts_per_step: 3
+  steps: {steps}
+"""
+
+
+def _command(root: Path, *extra: str) -> list[str]:
+    overlay = root / "overlay.yaml"
+    overlay.write_text(OVERLAY.format(root=root, steps=STEPS))
+    return [sys.executable, "-m", "ibpo_lightning.cli", "fit", "-c", "configs/tiny.yaml", "-c", str(overlay),
+            f"--trainer.default_root_dir={root}", *extra]
+
+
+def _records(root: Path) -> list[dict]:
+    path = root / "steps.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [r for r in rows if "version" in r]  # steps only
+
+
+def _run(root: Path, *extra: str) -> None:
+    proc = subprocess.run(_command(root, *extra), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _kill_after(root: Path, finished_steps: int, *extra: str) -> None:
+    proc = subprocess.Popen(_command(root, *extra), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while len(_records(root)) < finished_steps and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(_records(root)) < STEPS, "the run finished before it could be killed"
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "rrpo"])
+def test_kill_and_resume_repeats_the_uninterrupted_run(tmp_path, estimator):
+    est = ["-c", f"configs/estimators/{estimator}.yaml"] if estimator != "grpo" else [
+        "--estimator", "ibpo_lightning.estimators.GRPO"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    whole.mkdir(), killed.mkdir()
+    _run(whole, *est)
+    reference = {r["version"]: r for r in _records(whole)}
+    assert sorted(reference) == list(range(STEPS))
+    assert min(r["grad_norm"] for r in reference.values()) > 0, "no gradient: nothing to compare"
+
+    _kill_after(killed, 3, *est)
+    before = _records(killed)
+    _run(killed, *est, "--ckpt_path", "last")
+    after = _records(killed)[len(before):]
+    assert after, "the resumed run trained no step"
+    assert after[0]["version"] <= len(before), "the resumed run skipped a step"
+    assert after[-1]["version"] == STEPS - 1, "the resumed run did not reach the end of the epoch"
+    for got in after:
+        want = reference[got["version"]]
+        assert got["problems"] == want["problems"]
+        assert got["responses"] == want["responses"], f"step {got['version']} sampled different responses"
+        assert got["reward"] == want["reward"]
+        assert got["loss"] == pytest.approx(want["loss"], abs=1e-7)
+        assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-5)
+        assert got["weights"] == pytest.approx(want["weights"], rel=1e-9)
