@@ -21,6 +21,7 @@ from torchmetrics import MeanMetric
 from ibpo_lightning.losses import PolicyLoss, truncated_importance_weight
 from ibpo_lightning.rng import rng_states, set_rng_states
 from ibpo_lightning.models import load_policy
+from ibpo_lightning.models.lora import add_lora
 from ibpo_lightning.models.sharding import shard
 from ibpo_lightning.losses import token_logprobs
 from ibpo_lightning.evaluation import EvalSuite
@@ -72,6 +73,10 @@ class PolicyModule(LightningModule):
         param_dtype: under ``ModelParallelStrategy`` (FSDP2), the dtype parameters are gathered
             and computed in (``bfloat16``: mixed precision, gradients reduced in float32).
         offload_reference: under FSDP2, keep the frozen reference's shards in CPU memory (GPU).
+        lora_rank: train LoRA adapters of this rank instead of every weight (0: full fine-tuning);
+            the engine receives merged weights. Needs ``peft`` (the ``lora`` extra).
+        lora_alpha: LoRA scale numerator (the update is ``alpha / rank * B @ A``).
+        lora_targets: module names to adapt, or ``all-linear`` (every linear layer but the head).
         max_policy_lag: how many updates older than the policy a batch's sampler may be; 0 refuses
             any stale batch. Above 0, advantages are weighted by the truncated importance ratio
             ``min(pi_trainer / pi_engine, tis_cap)`` of each token.
@@ -102,6 +107,9 @@ class PolicyModule(LightningModule):
         gradient_checkpointing: bool = False,
         param_dtype: str | None = None,
         offload_reference: bool = False,
+        lora_rank: int = 0,
+        lora_alpha: float = 16.0,
+        lora_targets: list[str] | str = "all-linear",
         max_policy_lag: int = 0,
         tis_cap: float = 2.0,
         eval_samples: int = 1,
@@ -120,6 +128,9 @@ class PolicyModule(LightningModule):
         self.micro_batch_tokens = micro_batch_tokens
         self.max_grad_norm, self.gradient_checkpointing = max_grad_norm, gradient_checkpointing
         self.param_dtype, self.offload_reference = param_dtype, offload_reference
+        if lora_rank < 0:
+            raise ValueError(f"model.lora_rank must be >= 0, got {lora_rank}")
+        self.lora_rank, self.lora_alpha, self.lora_targets = lora_rank, lora_alpha, lora_targets
         if max_policy_lag < 0 or tis_cap <= 0:
             raise ValueError(f"model.max_policy_lag must be >= 0 and model.tis_cap > 0, got "
                              f"{max_policy_lag} and {tis_cap}")
@@ -138,11 +149,19 @@ class PolicyModule(LightningModule):
     def configure_model(self) -> None:
         if self.policy is not None:
             return
+        if self._trainer is not None and type(self.trainer.strategy).__name__ == "FSDPStrategy":
+            raise ValueError(
+                "FSDPStrategy (FSDP1) is not supported: scoring runs the decoder and output head "
+                "outside the root module's forward, which FSDP1 does not gather for. Use "
+                "-c configs/strategies/fsdp2.yaml (ModelParallelStrategy with FSDP2) instead"
+            )
         self.policy, self.tokenizer = load_policy(self.model_name)
         self.policy.train()
         if self.gradient_checkpointing:
             self.policy.gradient_checkpointing_enable()
         self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        if self.lora_rank:
+            self.policy = add_lora(self.policy, self.lora_rank, self.lora_alpha, self.lora_targets)
         for model in (self.policy, self.reference):  # scoring runs the decoder and head separately
             model.token_logprobs = types.MethodType(token_logprobs, model)
         if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2 over the data-parallel ranks
@@ -288,7 +307,8 @@ class PolicyModule(LightningModule):
     def _logprobs(self, model, batch, rows, with_entropy=False):
         width = int(batch.attention_mask[rows].sum(-1).max())
         logp, entropy = model.token_logprobs(batch.input_ids[rows, :width], batch.attention_mask[rows, :width],
-                                             batch.response_mask[rows, :width], self.temperature(), with_entropy)
+                                             batch.response_mask[rows, :width], self.temperature(), with_entropy,
+                                             share_prompts=self.device_mesh is None)
         return logp, entropy, width
 
     @torch.no_grad()
@@ -369,17 +389,19 @@ class PolicyModule(LightningModule):
     # -- checkpoint state ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # the frozen reference is rebuilt from `model` on load: no need to store it every time
+        # (a sharded checkpoint is loaded key by key into the module, so there it stays)
         state = checkpoint["state_dict"]
-        for key in [k for k in state if k.startswith("reference.")]:
-            del state[key]
+        if not any(hasattr(v, "full_tensor") for v in state.values()):
+            for key in [k for k in state if k.startswith("reference.")]:
+                del state[key]
         checkpoint["policy_version"] = self.policy_version
         checkpoint["skipped_updates"] = self.skipped_updates
         checkpoint["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.configure_model()
-        state = checkpoint["state_dict"]
-        for key, value in self.reference.state_dict().items():
+        state = checkpoint.get("state_dict")  # absent when a sharded checkpoint was loaded in place
+        for key, value in self.reference.state_dict().items() if state is not None else ():
             state.setdefault(f"reference.{key}", value)
         self.policy_version = checkpoint.get("policy_version", 0)
         self.skipped_updates = checkpoint.get("skipped_updates", 0)

@@ -58,19 +58,23 @@ def _run(root: Path, *extra: str) -> None:
 
 
 def _kill_after(root: Path, finished_steps: int, *extra: str) -> None:
-    proc = subprocess.Popen(_command(root, *extra), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_command(root, *extra), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     deadline = time.time() + 600
     while len(_records(root)) < finished_steps and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # every rank of a multi-process run
     proc.wait()
     assert len(_records(root)) < STEPS, "the run finished before it could be killed"
 
 
-@pytest.mark.parametrize("estimator", ["grpo", "rrpo"])
-def test_kill_and_resume_repeats_the_uninterrupted_run(tmp_path, estimator):
-    est = ["-c", f"configs/estimators/{estimator}.yaml"] if estimator != "grpo" else [
-        "--estimator", "ibpo_lightning.estimators.GRPO"]
+FSDP2 = ["-c", "configs/strategies/fsdp2.yaml", "--trainer.accelerator", "cpu"]
+GRPO = ["--estimator", "ibpo_lightning.estimators.GRPO"]
+
+
+@pytest.mark.parametrize("setting", ["grpo", "rrpo", "grpo-fsdp2"])
+def test_kill_and_resume_repeats_the_uninterrupted_run(tmp_path, setting):
+    est = {"grpo": GRPO, "rrpo": ["-c", "configs/estimators/rrpo.yaml"], "grpo-fsdp2": GRPO + FSDP2}[setting]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     whole.mkdir(), killed.mkdir()
     _run(whole, *est)

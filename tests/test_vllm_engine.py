@@ -218,3 +218,32 @@ def test_a_call_seed_makes_sampling_repeatable(smollm):
     assert sample(7) == first
     assert first[0] != first[1], "identical prompts got identical samples"
     assert sample(8) != first
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_lora_policy_reaches_the_engine_as_merged_weights(smollm):
+    """A LoRA-adapted policy: vLLM, given the merged weights, decodes what the adapted model decodes."""
+    import copy
+
+    from ibpo_lightning.models.lora import add_lora, rollout_weights
+
+    model, tok, _, engine = smollm
+    prompts = [chat(tok, q) for q in QUESTIONS]
+    base = [g[0].token_ids for g in engine.generate(prompts, 1, max_new_tokens=10, temperature=0.0)]
+    adapted = add_lora(copy.deepcopy(model), rank=8, alpha=16, targets="all-linear")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in adapted.named_parameters():
+            if "lora_B" in name:  # peft starts B at zero: give the adapters an effect
+                p.normal_(0, 0.05)
+    hf = HFEngine()
+    hf.bind(adapted, tok)
+    try:
+        engine.sync_weights(rollout_weights(adapted))
+        ours = [g[0].token_ids for g in engine.generate(prompts, 1, max_new_tokens=10, temperature=0.0)]
+        theirs = [g[0].token_ids for g in hf.generate(prompts, 1, max_new_tokens=10, temperature=0.0)]
+        assert ours == theirs
+        assert ours != base, "the adapters changed nothing: the test shows nothing"
+    finally:
+        engine.sync_weights(model.named_parameters())

@@ -20,11 +20,14 @@ def token_logprobs(
     score_mask: torch.Tensor,  # [n, L] 1 where a token's log-prob is wanted (responses)
     temperature: float = 1.0,
     with_entropy: bool = False,
+    share_prompts: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(x_t | x_<t) where ``score_mask`` is set (0 elsewhere), and optionally the entropy.
 
     Logits are divided by the sampling temperature so the trainer scores the distribution the
-    engine sampled from. Returns [n, L] tensors aligned with ``input_ids``.
+    engine sampled from. Returns [n, L] tensors aligned with ``input_ids``. ``share_prompts``
+    runs a prompt shared by several rows once (off under FSDP, where every call must make the
+    same collectives whatever the rows are).
     """
     if not _has_decoder(model):  # no separable output projection: full logits
         wanted = _predictable(score_mask)
@@ -33,7 +36,7 @@ def token_logprobs(
     starts = _first_scored(score_mask)
     contexts = [tuple(input_ids[i, : starts[i]].tolist()) for i in range(len(starts))]
     shares = len(set(contexts)) < len(contexts)
-    if shares and not getattr(model, "is_gradient_checkpointing", False):
+    if shares and share_prompts and not getattr(model, "is_gradient_checkpointing", False):
         hidden, wanted = _shared_prompt_hidden(model, input_ids, attention_mask, score_mask, starts, contexts)
     else:
         hidden, wanted = _plain_hidden(model, input_ids, attention_mask, score_mask)

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from lightning.pytorch import Callback, Trainer
 
-from ibpo_lightning.models.sharding import full_tensors
+from ibpo_lightning.models.lora import rollout_weights
 from ibpo_lightning.rollout.engine import RolloutEngine, Sample
 from ibpo_lightning.rollout.vllm_engine import default_engine
 from ibpo_lightning.types import RolloutBatch, Trajectory
@@ -157,7 +157,7 @@ class RolloutCallback(Callback):
         if pl_module.policy_version % self.sync_every:
             return
         start = time.perf_counter()
-        # under FSDP every rank gathers one parameter at a time into its own engine
-        self._engine().sync_weights(full_tensors(pl_module.policy.named_parameters()))
+        # LoRA adapters merged; under FSDP every rank gathers one parameter at a time into its engine
+        self._engine().sync_weights(rollout_weights(pl_module.policy))
         self.engine_version = pl_module.policy_version
         pl_module.log("time/sync", time.perf_counter() - start, on_step=True, on_epoch=False)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from ibpo_lightning.models.sharding import full_tensors, is_sharded
+from ibpo_lightning.models.lora import rollout_weights
+from ibpo_lightning.models.sharding import is_sharded
 from ibpo_lightning.rollout.engine import RolloutEngine, Sample
 
 
@@ -43,7 +44,7 @@ class HFEngine(RolloutEngine):
         first = next(model.parameters())
         self.model = AutoModelForCausalLM.from_config(model.config, dtype=first.dtype).to(first.device)
         self.shares_weights = False
-        self.sync_weights(full_tensors(model.named_parameters()))
+        self.sync_weights(rollout_weights(model))
 
     @torch.no_grad()
     def sync_weights(self, named_tensors) -> None:

@@ -24,6 +24,7 @@ from importlib.util import find_spec
 
 import torch
 
+from ibpo_lightning.models.lora import rollout_weights
 from ibpo_lightning.rollout.engine import RolloutEngine, Sample
 
 _ENVIRONMENT = {
@@ -100,7 +101,7 @@ class VLLMEngine(RolloutEngine):
     def bind(self, model: torch.nn.Module, tokenizer) -> None:
         self.tokenizer = tokenizer
         self.llm = self._build(model)
-        self.sync_weights(model.named_parameters())  # e.g. a resumed policy differs from its files
+        self.sync_weights(rollout_weights(model))  # e.g. a resumed policy differs from its files
 
     def _build(self, model: torch.nn.Module):
         source = getattr(model, "name_or_path", "") or ""

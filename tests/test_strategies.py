@@ -1,6 +1,6 @@
-"""FSDP2 (``ModelParallelStrategy``) on 2 CPU processes over gloo, against one process: the same
-hand-made batches give the same loss, gradient norm and updated weights, and every rank's engine
-ends up with the trained weights."""
+"""FSDP2 (``ModelParallelStrategy``) and DDP on 2 CPU processes over gloo, against one process: the
+same scripted batches give the same loss, gradient norm and updated weights, and every rank's
+engine ends up with the trained weights."""
 
 from __future__ import annotations
 
@@ -42,9 +42,12 @@ estimator:
   class_path: ibpo_lightning.estimators.GRPO
 """
 
-FSDP2 = ["--trainer.strategy", "lightning.pytorch.strategies.ModelParallelStrategy",
-         "--trainer.strategy.data_parallel_size", "2", "--trainer.strategy.tensor_parallel_size", "1",
-         "--trainer.devices", "2"]
+STRATEGIES = {
+    "fsdp2": ["--trainer.strategy", "lightning.pytorch.strategies.ModelParallelStrategy",
+              "--trainer.strategy.data_parallel_size", "2", "--trainer.strategy.tensor_parallel_size", "1",
+              "--trainer.devices", "2"],
+    "ddp": ["--trainer.strategy", "ddp", "--trainer.devices", "2"],
+}
 
 
 def _fit(root: Path, prompts: int, *extra: str) -> list[dict]:
@@ -58,15 +61,22 @@ def _fit(root: Path, prompts: int, *extra: str) -> list[dict]:
     return [json.loads(line) for line in (root / "steps.jsonl").read_text().splitlines()]
 
 
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    return _fit(tmp_path_factory.mktemp("one") / "run", 4)  # 4 prompts on one process ...
+
+
 @pytest.mark.slow
-def test_fsdp2_two_processes_match_one_process(tmp_path):
-    one = _fit(tmp_path / "one", 4)  # 4 prompts on one process ...
-    two = _fit(tmp_path / "two", 2, *FSDP2)  # ... or 2 per rank on 2 ranks: the same 4 prompts
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_two_processes_match_one_process(tmp_path, one_process, strategy):
+    one = one_process
+    two = _fit(tmp_path / "two", 2, *STRATEGIES[strategy])  # ... or 2 per rank on 2 ranks: the same 4
     *steps_one, end_one = one
     *steps_two, end_two = two
     assert [r["version"] for r in steps_two] == list(range(STEPS))
     assert end_one == {"engine_max_diff": 0.0, "engine_shares_weights": True}
-    assert end_two["engine_shares_weights"] is False  # each rank's engine is a synced full copy
+    # FSDP2: each rank's engine is a synced full copy; DDP: each rank samples with its replica
+    assert end_two["engine_shares_weights"] is (strategy == "ddp")
     assert end_two["engine_max_diff"] == 0.0
     for a, b in zip(steps_one, steps_two):
         assert b["reward"] == pytest.approx(a["reward"], abs=1e-6)
