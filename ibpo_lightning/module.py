@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torchmetrics import MeanMetric
 
-from ibpo_lightning.losses import PolicyLoss, truncated_importance_weight
+from ibpo_lightning.losses import LogprobMismatch, PolicyLoss, truncated_importance_weight
 from ibpo_lightning.rng import rng_states, set_rng_states
 from ibpo_lightning.models import load_policy
 from ibpo_lightning.models.lora import add_lora
@@ -32,25 +32,6 @@ from ibpo_lightning.types import Kind, RolloutBatch
 
 class StaleBatchError(RuntimeError):
     """A batch sampled by an older policy reached the optimizer."""
-
-
-class _Mismatch:
-    """Running mean and max of |trainer log-prob - engine log-prob| over response tokens."""
-
-    def __init__(self) -> None:
-        self.total, self.count, self.max = 0.0, 0, 0.0
-
-    def add(self, diffs: torch.Tensor) -> None:
-        if diffs.numel():
-            self.total += float(diffs.sum())
-            self.count += diffs.numel()
-            self.max = max(self.max, float(diffs.max()))
-
-    def metrics(self, lag: int) -> dict[str, float]:
-        out = {"rollout/policy_lag": float(lag)}
-        if self.count:
-            out.update({"rollout/logprob_diff_mean": self.total / self.count, "rollout/logprob_diff_max": self.max})
-        return out
 
 
 class PolicyModule(LightningModule):
@@ -210,7 +191,7 @@ class PolicyModule(LightningModule):
         logprob_time = time.perf_counter() - start
         opt, sched = self.optimizers(), self.lr_schedulers()
         totals: dict[str, float] = {}
-        mismatch = _Mismatch()
+        mismatch = LogprobMismatch()
         updates = 0
         minis = batch.split_groups(rows, self.mini_batches)
         minis += [[] for _ in range(int(self._reduce(len(minis), "max")) - len(minis))]  # same count on every rank

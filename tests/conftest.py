@@ -9,3 +9,11 @@ import pytest
 def shared_data() -> Path:
     """The shared benchmark and training data directory (``../shared/data``)."""
     return Path(__file__).parents[2] / "shared" / "data"
+
+
+def pytest_configure(config):
+    # several test modules each start an in-process vLLM engine that lives until the process
+    # ends; 1 GiB of KV cache apiece (instead of 2) is plenty for their prompts
+    import os
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")

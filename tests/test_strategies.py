@@ -48,6 +48,11 @@ STRATEGIES = {
               "--trainer.devices", "2"],
     "ddp": ["--trainer.strategy", "ddp", "--trainer.devices", "2"],
 }
+# bf16 gathers and compute (fp32 reduction) with activation checkpointing: close, not equal
+STRATEGIES["fsdp2-bf16-checkpointing"] = STRATEGIES["fsdp2"] + [
+    "--model.param_dtype", "bfloat16", "--model.gradient_checkpointing", "true"]
+TOLERANCE = {"fsdp2": (1e-6, 1e-4, 1e-6), "ddp": (1e-6, 1e-4, 1e-6),
+             "fsdp2-bf16-checkpointing": (1e-3, 1e-2, 1e-4)}  # loss abs, grad norm rel, weights rel
 
 
 def _fit(root: Path, prompts: int, *extra: str) -> list[dict]:
@@ -78,9 +83,10 @@ def test_two_processes_match_one_process(tmp_path, one_process, strategy):
     # FSDP2: each rank's engine is a synced full copy; DDP: each rank samples with its replica
     assert end_two["engine_shares_weights"] is (strategy == "ddp")
     assert end_two["engine_max_diff"] == 0.0
+    loss_abs, grad_rel, weights_rel = TOLERANCE[strategy]
     for a, b in zip(steps_one, steps_two):
         assert b["reward"] == pytest.approx(a["reward"], abs=1e-6)
-        assert b["loss"] == pytest.approx(a["loss"], abs=1e-6)
-        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
-        assert b["weights"] == pytest.approx(a["weights"], rel=1e-6)
+        assert b["loss"] == pytest.approx(a["loss"], abs=loss_abs)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=grad_rel)
+        assert b["weights"] == pytest.approx(a["weights"], rel=weights_rel)
     assert steps_one[0]["weights"] != steps_one[-1]["weights"], "the weights never moved"

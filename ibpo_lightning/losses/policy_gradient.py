@@ -154,3 +154,22 @@ class PolicyLoss:
             lengths = weights.gt(0).sum(-1).clamp(min=1)
             return (weighted.sum(-1) / lengths).sum()
         return weighted.sum()
+
+
+class LogprobMismatch:
+    """Running mean and max of |trainer log-prob - engine log-prob| over response tokens."""
+
+    def __init__(self) -> None:
+        self.total, self.count, self.max = 0.0, 0, 0.0
+
+    def add(self, diffs: torch.Tensor) -> None:
+        if diffs.numel():
+            self.total += float(diffs.sum())
+            self.count += diffs.numel()
+            self.max = max(self.max, float(diffs.max()))
+
+    def metrics(self, lag: int) -> dict[str, float]:
+        out = {"rollout/policy_lag": float(lag)}
+        if self.count:
+            out.update({"rollout/logprob_diff_mean": self.total / self.count, "rollout/logprob_diff_max": self.max})
+        return out
