@@ -16,6 +16,7 @@ import warnings
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.strategies import FSDPStrategy
 from torchmetrics import MeanMetric
 
 from ibpo_lightning.losses import LogprobMismatch, PolicyLoss, truncated_importance_weight
@@ -130,7 +131,7 @@ class PolicyModule(LightningModule):
     def configure_model(self) -> None:
         if self.policy is not None:
             return
-        if self._trainer is not None and type(self.trainer.strategy).__name__ == "FSDPStrategy":
+        if self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy):
             raise ValueError(
                 "FSDPStrategy (FSDP1) is not supported: scoring runs the decoder and output head "
                 "outside the root module's forward, which FSDP1 does not gather for. Use "
