@@ -25,6 +25,7 @@ from ibpo_lightning.models import load_policy
 from ibpo_lightning.models.lora import add_lora
 from ibpo_lightning.models.sharding import shard
 from ibpo_lightning.losses import token_logprobs
+from ibpo_lightning.diagnostics import group_gradient_noise
 from ibpo_lightning.evaluation import EvalSuite
 from ibpo_lightning.rollout.callback import RolloutCallback, find_callback
 from ibpo_lightning.tasks.base import Task
@@ -71,6 +72,8 @@ class PolicyModule(LightningModule):
         benchmarks: extra benchmarks evaluated beside the held-out split, by name: each task's
             held-out problems, logged as ``val/<name>/pass@k`` (see ``docs/evaluation.md``).
         heldout_name: name of the datamodule task's held-out split in the results table.
+        grad_noise_every: every this many steps, log the per-group gradient noise of the batch
+            before the update (``grad/*``, see ``diagnostics/gradient_noise.py``; 0: never).
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class PolicyModule(LightningModule):
         eval_max_new_tokens: int | None = None,
         benchmarks: dict[str, Task] | None = None,
         heldout_name: str = "heldout",
+        grad_noise_every: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["benchmarks"])  # tasks hold data: not in every checkpoint
@@ -116,7 +120,7 @@ class PolicyModule(LightningModule):
         if max_policy_lag < 0 or tis_cap <= 0:
             raise ValueError(f"model.max_policy_lag must be >= 0 and model.tis_cap > 0, got "
                              f"{max_policy_lag} and {tis_cap}")
-        self.max_policy_lag, self.tis_cap = max_policy_lag, tis_cap
+        self.max_policy_lag, self.tis_cap, self.grad_noise_every = max_policy_lag, tis_cap, grad_noise_every
         self.policy = self.reference = self.tokenizer = None
         self.policy_version = 0
         self.skipped_updates = 0
@@ -181,8 +185,9 @@ class PolicyModule(LightningModule):
                 f"{self.policy_version} (model.max_policy_lag={self.max_policy_lag}): the engine missed "
                 "a weight sync or the stream fetched ahead of the optimizer step"
             )
-        start = time.perf_counter()
         rows = [i for i in range(len(batch)) if bool(batch.loss_weights[i].any())]
+        noise = self._gradient_noise(batch, rows)
+        start = time.perf_counter()
         # rows whose every token has zero advantage add nothing to the gradient (without a KL
         # term) but still count in the loss normaliser: no forward or backward pass for them
         busy = rows if self.loss.kl_coef > 0 else [i for i in rows if bool(batch.advantages[i].any())]
@@ -214,6 +219,8 @@ class PolicyModule(LightningModule):
                         "train/skipped_updates": float(self.skipped_updates), "train/lr": sched.get_last_lr()[0]})
         self.log("reward", metrics["train/reward_mean"], prog_bar=True, on_step=True, on_epoch=False, logger=False)
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(batch), sync_dist=self._world() > 1)
+        for logger in self.loggers if noise else ():  # straight to the loggers: log_dict would repeat it every step
+            logger.log_metrics({**noise, "policy_version": float(self.policy_version)}, step=self.global_step)
 
     def _update(self, batch, rows, busy, old, ref, opt, mismatch=None) -> dict[str, float] | None:
         """One optimizer update over ``rows`` (forward passes on ``busy`` only); None if skipped.
@@ -262,6 +269,12 @@ class PolicyModule(LightningModule):
         out = {k: v / max(n_micro, 1) if k in averaged else v for k, v in stats.items()}
         out["grad_norm"] = float(norm)
         return out
+
+    def _gradient_noise(self, batch: RolloutBatch, rows: list[int]) -> dict[str, float]:
+        if not self.grad_noise_every or self.policy_version % self.grad_noise_every or self._world() > 1:
+            return {}  # one process only: per-group gradients of shards would need gathering
+        start = time.perf_counter()
+        return {**group_gradient_noise(self, batch, rows), "time/grad_noise": time.perf_counter() - start}
 
     def _world(self) -> int:
         return self.trainer.world_size if self._trainer is not None else 1

@@ -1,0 +1,65 @@
+"""Where an estimator puts negative credit in failed answers, against where they first went wrong.
+
+For a task that can name the first wrong step of an answer (``task.first_error(problem,
+response)``: a character offset, None if the answer is right), every trained row with reward
+below 1 and a located error is split at the token holding that offset. Its per-token credit is
+``advantage x loss weight``; the negative part of it, summed before and from the error token on,
+gives the row's *after-error share*. ``credit/after_error_share`` is the mean of that share over
+rows that got any negative credit; ``credit/after_error_token_share`` is the mean share of those
+rows' tokens from the error on, the value an estimator that smears one number over every token
+(GRPO) gets. A reset row's shared prefix counts as its tokens (its credit there is zero).
+"""
+
+from __future__ import annotations
+
+import json
+
+from lightning.pytorch import Callback
+
+from ibpo_lightning.estimators.segments import token_texts
+
+
+class CreditLocalisation(Callback):
+    """Logs ``credit/*`` every step; with ``path``, appends one JSON line per located row
+    (step, kind, error token, per-token credit) for plots."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        task = getattr(trainer.datamodule, "task", None)
+        if not callable(getattr(task, "first_error", None)):
+            raise ValueError(f"CreditLocalisation needs a task with first_error(problem, response); "
+                             f"{type(task).__name__} has none (use ibpo_lightning.tasks.ChainTask)")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        task, tokenizer = trainer.datamodule.task, pl_module.tokenizer
+        shares, token_shares, records = [], [], []
+        for i, t in enumerate(batch.trajectories):
+            if t.reward >= 1.0 or not bool(batch.loss_weights[i].any()):
+                continue
+            pieces = token_texts(tokenizer, t.response_ids)
+            offset = task.first_error(batch.problems[t.group], "".join(pieces))
+            if offset is None:
+                continue
+            ends, total = [], 0
+            for piece in pieces:
+                total += len(piece)
+                ends.append(total)
+            error = next((k for k, end in enumerate(ends) if end > offset), len(pieces))
+            start = len(t.prompt_ids)
+            credit = (batch.advantages[i] * batch.loss_weights[i])[start:start + len(pieces)].tolist()
+            negative = [max(-c, 0.0) for c in credit]
+            if sum(negative) > 0:
+                shares.append(sum(negative[error:]) / sum(negative))
+                token_shares.append((len(pieces) - error) / len(pieces))
+            records.append({"step": batch.policy_version, "kind": t.kind.name.lower(), "error_token": error,
+                            "credit": [round(c, 5) for c in credit]})
+        metrics = {"credit/rows_located": float(len(records)), "credit/rows_with_negative_credit": float(len(shares))}
+        if shares:
+            metrics["credit/after_error_share"] = sum(shares) / len(shares)
+            metrics["credit/after_error_token_share"] = sum(token_shares) / len(token_shares)
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False)
+        if self.path and trainer.is_global_zero:
+            with open(self.path, "a") as f:
+                f.writelines(json.dumps(r) + "\n" for r in records)

@@ -1,0 +1,113 @@
+"""One RL step's time split by phase, tokens/s and peak memory, for any config.
+
+    python scripts/bench_step.py -c configs/quickstart.yaml -c configs/estimators/grpo.yaml \
+        --steps 6 --warmup 1 --out runs/bench_step/grpo_vllm -- --rollout.engine ibpo_lightning.rollout.HFEngine
+
+Runs ``ibpo fit`` in a child process with validation and checkpoints off and the
+:class:`~ibpo_lightning.diagnostics.StepClock` callback on, then averages the logged phase times
+over the steps after ``--warmup``. Arguments after ``--`` go to ``ibpo fit`` unchanged. Writes
+``summary.json`` in ``--out`` and prints a markdown row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from plot_run import read_series  # noqa: E402
+
+PHASES = ["generate", "reward", "estimator", "logprobs", "train", "sync"]
+"""Logged ``time/<phase>`` keys; the estimator phase holds its extra rollouts (``plan``)."""
+
+
+def bench(configs: list[str], steps: int, out: Path, extra: list[str]) -> Path:
+    logger = ('[{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": '
+              f'{{"save_dir": "{out}", "name": "csv", "version": "", "flush_logs_every_n_steps": 1}}}}]')
+    cmd = [sys.executable, "-m", "ibpo_lightning.cli", "fit"]
+    for c in configs:
+        cmd += ["-c", c]
+    cmd += ["--data.steps", str(steps), "--trainer.default_root_dir", str(out), "--trainer.logger", logger,
+            "--trainer.callbacks", '[{"class_path": "ibpo_lightning.diagnostics.StepClock"}]',
+            "--trainer.enable_checkpointing", "false", "--trainer.limit_val_batches", "0",
+            "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false", *extra]
+    subprocess.run(cmd, check=True)
+    return out / "csv"
+
+
+def export_prompts(configs: list[str], steps: int, path: Path) -> None:
+    """The prompts ``ibpo fit`` draws in its first ``steps`` steps, in order, as JSONL (``system``,
+    ``prompt``, ``answer``), for the other framework's benchmark to train on the same ones."""
+    from ibpo_lightning.cli import IBPOCLI
+    from ibpo_lightning.data import RLDataModule
+    from ibpo_lightning.module import PolicyModule
+
+    args = [f"--config={c}" for c in configs] + ["--trainer.logger", "false"]
+    dm = IBPOCLI(PolicyModule, RLDataModule, parser_kwargs={"parser_mode": "omegaconf"}, args=args, run=False).datamodule
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for _ in range(steps):
+            for p in dm.draw_problems(dm.prompts_per_step):
+                f.write(json.dumps({"system": dm.task.system_prompt, "prompt": p.prompt, "answer": p.answer}) + "\n")
+
+
+def summarise(csv_dir: Path, warmup: int) -> dict[str, float]:
+    s = read_series(csv_dir)
+    steps = sorted({st for st, _ in s["time/step"]})[warmup:]
+    if not steps:
+        raise SystemExit(f"{csv_dir}: no step after the {warmup} warm-up step(s)")
+
+    def mean(key: str) -> float:
+        values = [v for st, v in s.get(key, []) if st in steps]
+        return statistics.mean(values) if values else 0.0
+
+    step_times = [v for st, v in s["time/step"] if st in steps]
+    out = {f"{p}_s": mean(f"time/{p}") for p in PHASES}
+    out.update(step_s=statistics.mean(step_times), step_s_median=statistics.median(step_times),
+               step_s_stdev=statistics.stdev(step_times) if len(step_times) > 1 else 0.0, steps=len(steps),
+               generated_tokens_per_s=mean("throughput/generated_tokens_per_s"),
+               trained_tokens_per_s=mean("throughput/trained_tokens_per_s"),
+               generated_tokens_per_step=sum(mean(k) for k in s if k.startswith("tokens/")),
+               peak_rss_gib=max(v for _, v in s["memory/peak_rss_gib"]),
+               reward_mean=mean("train/reward_mean"))
+    if "memory/peak_cuda_gib" in s:
+        out["peak_cuda_gib"] = max(v for _, v in s["memory/peak_cuda_gib"])
+    return out
+
+
+def markdown(label: str, r: dict[str, float]) -> str:
+    phases = " | ".join(f"{r[f'{p}_s']:.2f}" for p in PHASES)
+    return (f"| {label} | {phases} | **{r['step_s']:.2f}** ± {r['step_s_stdev']:.2f} | "
+            f"{r['generated_tokens_per_step']:.0f} | {r['generated_tokens_per_s']:.0f} | {r['peak_rss_gib']:.1f} |")
+
+
+HEADER = ("| run | " + " | ".join(PHASES) + " | step (s, mean ± sd) | generated tokens / step | "
+          "generated tokens / s | peak RSS (GiB) |\n|---|" + "---|" * (len(PHASES) + 4))
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-c", "--config", action="append", required=True, help="config files, stacked in order")
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=1, help="first steps left out of the averages")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_step/run"))
+    parser.add_argument("--label", default=None)
+    parser.add_argument("--export-prompts", type=Path, help="only write the prompts of --steps steps here")
+    args = parser.parse_args(argv)
+    if args.export_prompts:
+        return export_prompts(args.config, args.steps, args.export_prompts)
+    result = summarise(bench(args.config, args.steps, args.out, extra), args.warmup)
+    (args.out / "summary.json").write_text(json.dumps(result, indent=2))
+    print(HEADER)
+    print(markdown(args.label or args.out.name, result))
+
+
+if __name__ == "__main__":
+    main()
