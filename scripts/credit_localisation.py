@@ -34,17 +34,19 @@ ESTIMATORS = {
 WINDOW = 12  # tokens either side of the first wrong token in the profile
 
 
-def run(name: str, steps: int, root: Path, seed: int) -> Path:
+def run(name: str, steps: int, root: Path, seed: int, noise_every: int) -> Path:
     out = root / name
     records = out / "credit.jsonl"
-    if records.exists():
-        records.unlink()
+    for stale in (records, out / "csv" / "metrics.csv"):
+        stale.unlink(missing_ok=True)
     callbacks = json.dumps([{"class_path": "ibpo_lightning.diagnostics.CreditLocalisation",
                              "init_args": {"path": str(records)}}])
     cmd = [sys.executable, "-m", "ibpo_lightning.cli", "fit", "-c", "configs/chain.yaml",
            "-c", f"configs/estimators/{name}.yaml", *ESTIMATORS[name], "--data.steps", str(steps),
            "--seed_everything", str(seed), "--data.seed", str(seed), "--rollout.seed", str(seed),
-           "--trainer.callbacks", callbacks, "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+           "--model.grad_noise_every", str(noise_every), "--trainer.callbacks", callbacks, "--trainer.enable_progress_bar", "false",
+           "--trainer.logger", json.dumps([{"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                            "init_args": {"save_dir": str(out), "name": "csv", "version": ""}}]),
            "--trainer.default_root_dir", str(out)]
     print(f"run {name}", flush=True)
     subprocess.run(cmd, check=True)
@@ -69,6 +71,16 @@ def summarise(records: list[dict]) -> dict[str, float]:
             "after_density": mean(after_per_token)}
 
 
+def gradient_noise(csv_path: Path) -> list[float]:
+    """``grad/noise_to_signal`` of every step of a run (measured each step on the chain task)."""
+    import csv
+
+    if not csv_path.exists():
+        return []
+    with open(csv_path) as f:
+        return [float(row["grad/noise_to_signal"]) for row in csv.DictReader(f) if row.get("grad/noise_to_signal")]
+
+
 def profile(records: list[dict]) -> list[float]:
     """Mean negative credit per token at distance -WINDOW..WINDOW from the first wrong token, each
     row's negative credit scaled to sum to 1."""
@@ -86,27 +98,34 @@ def profile(records: list[dict]) -> list[float]:
     return [s / c if c else float("nan") for s, c in zip(sums, counts)]
 
 
+def noise_text(run_dir: Path) -> str:
+    values = gradient_noise(run_dir / "csv" / "metrics.csv")
+    return f"{statistics.mean(values):.2f} ({', '.join(f'{v:.2f}' for v in values)})" if values else "n/a"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--estimators", nargs="+", default=list(ESTIMATORS), choices=list(ESTIMATORS))
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--noise-every", type=int, default=1, help="model.grad_noise_every (0: off)")
     parser.add_argument("--root", type=Path, default=Path("runs/credit_localisation"))
     parser.add_argument("--report-only", action="store_true", help="read the records of an earlier run")
     parser.add_argument("--out", type=Path, default=Path("docs/img/credit_localisation.png"))
     args = parser.parse_args()
     results = {}
     for name in args.estimators:
-        path = args.root / name / "credit.jsonl" if args.report_only else run(name, args.steps, args.root, args.seed)
+        path = args.root / name / "credit.jsonl" if args.report_only else run(name, args.steps, args.root, args.seed, args.noise_every)
         results[name] = [json.loads(line) for line in path.read_text().splitlines()]
 
     print("| estimator | failed rows located | with negative credit | negative credit from the first error on "
-          "| tokens from the first error on | negative credit per token, before / after the error (1 = uniform) |")
-    print("|---|---|---|---|---|---|")
+          "| tokens from the first error on | negative credit per token, before / after the error (1 = uniform) "
+          "| gradient noise/signal per group (mean of steps) |")
+    print("|---|---|---|---|---|---|---|")
     stats = {name: summarise(r) for name, r in results.items()}
     for name, s in stats.items():
         print(f"| {name.upper()} | {s['rows']} | {s['rows_negative']} | {s['share']:.3f} | {s['token_share']:.3f} "
-              f"| {s['before_density']:.2f} / {s['after_density']:.2f} |")
+              f"| {s['before_density']:.2f} / {s['after_density']:.2f} | {noise_text(args.root / name)} |")
 
     fig, (ax_bar, ax_prof) = plt.subplots(1, 2, figsize=(12, 4.2))
     names = list(stats)

@@ -80,15 +80,12 @@ def summarise(series: dict) -> dict[str, float]:
     tokens = [sum(v for k, vals in series.items() if k.startswith("tokens/") for s, v in vals if s == step)
               for step, _ in series["train/reward_mean"]]
     val = series.get("val/accuracy", [])
-    step_time = [sum(v for k, vals in series.items() if k.startswith("time/") and k != "time/grad_noise"
-                     for s, v in vals if s == step) for step, _ in series["train/reward_mean"]]
     noise = [v for _, v in noise_series(series)]
     before = [v for step, v in val if step == 0]
     return {"val_first": before[0] if before else float("nan"), "val_last": val[-1][1] if val else float("nan"),
             "reward_mean": statistics.mean(v for _, v in series["train/reward_mean"]),
             "tokens": sum(tokens), "noise_first": noise[0] if noise else float("nan"),
-            "noise_mean": statistics.mean(noise) if noise else float("nan"),
-            "step_time": statistics.mean(step_time)}
+            "noise_mean": statistics.mean(noise) if noise else float("nan")}
 
 
 def report(args) -> None:
@@ -105,7 +102,7 @@ def report(args) -> None:
             if not (csv_dir / "metrics.csv").exists():
                 continue
             s = read_series(csv_dir)
-            per_seed.append(summarise(s))
+            per_seed.append({**summarise(s), "seed": seed})
             style = dict(color=f"C{k}", alpha=0.7, label=name.upper() if len(per_seed) == 1 else None)
             steps, reward = zip(*s["train/reward_mean"])
             tokens = [sum(v for key, vals in s.items() if key.startswith("tokens/") for st, v in vals if st == step)
@@ -140,14 +137,17 @@ def report(args) -> None:
         return f"{statistics.mean(values):.3f} ± {sd:.3f}"
 
     print(f"held-out accuracy before training (greedy, the same for every run): {before[0] if before else 'n/a'}\n")
+    # step 0 is sampled by the same policy with the same seed in every run: paired with GRPO's
+    grpo = {p["seed"]: p["noise_first"] for name, per in rows if name == "grpo" for p in per}
     print("| estimator | seeds | held-out after | mean train reward | generated tokens "
-          "| noise/signal at step 0 | noise/signal, mean | s / step |")
+          "| noise/signal at step 0 | ÷ GRPO's, same seed | noise/signal, mean of steps |")
     print("|---|---|---|---|---|---|---|---|")
     for name, per in rows:
         col = lambda key: [p[key] for p in per]  # noqa: E731
+        paired = [p["noise_first"] / grpo[p["seed"]] for p in per if p["seed"] in grpo]
         print(f"| {name.upper()} | {len(per)} | {ms(col('val_last'))} | {ms(col('reward_mean'))} "
-              f"| {statistics.mean(col('tokens')):.0f} | {ms(col('noise_first'))} | {ms(col('noise_mean'))} "
-              f"| {statistics.mean(col('step_time')):.1f} |")
+              f"| {statistics.mean(col('tokens')):.0f} | {ms(col('noise_first'))} | {ms(paired) if paired else 'n/a'} "
+              f"| {ms(col('noise_mean'))} |")
 
 
 def main() -> None:
