@@ -271,10 +271,8 @@ class PolicyModule(LightningModule):
         return out
 
     def _gradient_noise(self, batch: RolloutBatch, rows: list[int]) -> dict[str, float]:
-        if not self.grad_noise_every or self.policy_version % self.grad_noise_every or self._world() > 1:
-            return {}  # one process only: per-group gradients of shards would need gathering
-        start = time.perf_counter()
-        return {**group_gradient_noise(self, batch, rows), "time/grad_noise": time.perf_counter() - start}
+        due = self.grad_noise_every and self.policy_version % self.grad_noise_every == 0
+        return group_gradient_noise(self, batch, rows) if due and self._world() == 1 else {}  # one process only
 
     def _world(self) -> int:
         return self.trainer.world_size if self._trainer is not None else 1

@@ -76,11 +76,16 @@ def noise_series(series: dict, every: int = 5) -> list[tuple[float, float]]:
     return [(step, v) for step, v in series.get("grad/noise_to_signal", []) if step % every == 0]
 
 
-def summarise(series: dict) -> dict[str, float]:
-    tokens = [sum(v for k, vals in series.items() if k.startswith("tokens/") for s, v in vals if s == step)
-              for step, _ in series["train/reward_mean"]]
+def tokens_per_step(series: dict) -> list[float]:
+    """Generated tokens of every kind, per training step (aligned with ``train/reward_mean``)."""
+    return [sum(v for k, vals in series.items() if k.startswith("tokens/") for s, v in vals if s == step)
+            for step, _ in series["train/reward_mean"]]
+
+
+def summarise(series: dict, noise_every: int) -> dict[str, float]:
+    tokens = tokens_per_step(series)
     val = series.get("val/accuracy", [])
-    noise = [v for _, v in noise_series(series)]
+    noise = [v for _, v in noise_series(series, noise_every)]
     before = [v for step, v in val if step == 0]
     return {"val_first": before[0] if before else float("nan"), "val_last": val[-1][1] if val else float("nan"),
             "reward_mean": statistics.mean(v for _, v in series["train/reward_mean"]),
@@ -102,11 +107,10 @@ def report(args) -> None:
             if not (csv_dir / "metrics.csv").exists():
                 continue
             s = read_series(csv_dir)
-            per_seed.append({**summarise(s), "seed": seed})
+            per_seed.append({**summarise(s, args.noise_every), "seed": seed})
             style = dict(color=f"C{k}", alpha=0.7, label=name.upper() if len(per_seed) == 1 else None)
             steps, reward = zip(*s["train/reward_mean"])
-            tokens = [sum(v for key, vals in s.items() if key.startswith("tokens/") for st, v in vals if st == step)
-                      for step in steps]
+            tokens = tokens_per_step(s)
             cumulative = [sum(tokens[: i + 1]) / 1000 for i in range(len(tokens))]
             ax_r.plot(steps, reward, **style)
             ax_t.plot(cumulative, reward, **style)
@@ -115,8 +119,8 @@ def report(args) -> None:
                 val = [(0.0, before[0]), *val]
             if val:
                 ax_v.plot(*zip(*val), marker="o", **style)
-            if noise_series(s):
-                ax_n.plot(*zip(*noise_series(s)), marker="s", **style)
+            if noise_series(s, args.noise_every):
+                ax_n.plot(*zip(*noise_series(s, args.noise_every)), marker="s", **style)
         if per_seed:
             rows.append((name, per_seed))
     ax_r.set(title="training reward", xlabel="RL step", ylabel="mean reward of fresh samples")

@@ -17,14 +17,18 @@ at one step, one seed (same policy, same fresh samples) compare directly.
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 
 def group_gradient_noise(module, batch, rows: list[int]) -> dict[str, float]:
     """Gradient noise statistics of ``batch`` over the groups of ``rows`` (see module docstring).
 
-    Leaves the policy's ``.grad`` cleared; needs at least two groups.
+    Leaves the policy's ``.grad`` cleared; needs at least two groups. Also returns
+    ``time/grad_noise``, the seconds it took.
     """
+    start = time.perf_counter()
     params = [p for p in module.policy.parameters() if p.requires_grad]
     groups = batch.groups_of(rows)
     total = [torch.zeros_like(p, dtype=torch.float32) for p in params]
@@ -50,4 +54,5 @@ def group_gradient_noise(module, batch, rows: list[int]) -> dict[str, float]:
     signal = sum(float(acc.double().pow(2).sum()) for acc in total) / n**2
     noise = (square_sum - n * signal) / (n - 1)
     return {"grad/signal": signal, "grad/noise": noise,
-            "grad/noise_to_signal": noise / max(signal, 1e-30), "grad/snr": n * signal / max(noise, 1e-30)}
+            "grad/noise_to_signal": noise / max(signal, 1e-30), "grad/snr": n * signal / max(noise, 1e-30),
+            "time/grad_noise": time.perf_counter() - start}
