@@ -142,3 +142,44 @@ def test_jsonl_gsm8k_answer_needs_hashes(tmp_path):
     with pytest.raises(ValueError, match=re.escape("data.jsonl row 2: field 'answer' has no '####'")):
         JsonlTask(path, reward="number")
     assert JsonlTask(path, answer_format="plain", reward="number").train_problems()[1].answer == "2"
+
+
+def test_jsonl_broken_line_names_file_and_line(tmp_path):
+    rows = [{"question": f"q{i}", "answer": f"#### {i}"} for i in range(5)]
+    rows[3] = '{"question": "q3", "answer": "#### 3"'  # line 5 below: truncated, no closing brace
+    path = _write(tmp_path / "broken.jsonl", [rows[0], "", *rows[1:]])
+    with pytest.raises(ValueError) as info:
+        JsonlTask(path, reward="number")
+    message = str(info.value)
+    column = len(rows[3]) + 1  # where the missing ',' or '}' should be
+    assert message == f"{path} line 5 is not valid JSON: Expecting ',' delimiter at column {column}"
+
+
+def test_jsonl_non_object_line_is_named(tmp_path):
+    path = _write(tmp_path / "lists.jsonl", [{"question": "a", "answer": "#### 1"}, [1, 2]])
+    with pytest.raises(ValueError, match=re.escape("lists.jsonl line 2 is not a JSON object but a list")):
+        JsonlTask(path, reward="number")
+
+
+@pytest.mark.parametrize("text", ["", "\n", "\n  \n\t\n"], ids=["empty", "newline", "blank-lines"])
+def test_jsonl_without_rows_says_so(tmp_path, text):
+    path = tmp_path / "nothing.jsonl"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(path))} holds no rows$"):
+        JsonlTask(str(path), reward="number")
+
+
+def test_jsonl_broken_gzip_line_is_named(tmp_path):
+    path = tmp_path / "train.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        f.write(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n{not json}\n")
+    with pytest.raises(ValueError, match=re.escape("train.jsonl.gz line 2 is not valid JSON")):
+        JsonlTask(str(path), reward="number")
+
+
+def test_json_array_file_still_reads(tmp_path):
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps([{"question": "1+1?", "answer": "#### 2"},
+                                {"question": "2+2?", "answer": "#### 4"}], indent=2))
+    task = JsonlTask(str(path), reward="number")
+    assert task.train_problems() == [Problem("1+1?", "2"), Problem("2+2?", "4")]

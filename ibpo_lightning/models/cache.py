@@ -1,13 +1,22 @@
-"""On-disk cache of built-in models: one directory per name, created atomically."""
+"""On-disk cache of built-in models: one directory per name, built once however many processes
+ask for it at the same time, and renamed into place only when complete."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock; concurrent builds then race (the rename keeps one)
+    fcntl = None  # type: ignore[assignment]
 
 CACHE_ENV = "IBPO_CACHE"
 """Environment variable naming the cache root; default ``~/.cache/ibpo_lightning/models``."""
@@ -16,6 +25,7 @@ BUILDS: Counter[str] = Counter()
 """How many times each built-in name was built in this process (a cache hit adds nothing)."""
 
 _COMPLETE_MARKER = "config.json"
+_log = logging.getLogger(__name__)
 
 
 def cache_root() -> Path:
@@ -31,36 +41,80 @@ def cache_dir(name: str) -> Path:
     return cache_root() / name
 
 
+def lock_path(name: str) -> Path:
+    """The lock file held while `name` is checked, built and renamed into place."""
+    return cache_root() / f".{name}.lock"
+
+
 def is_cached(name: str) -> bool:
     """True if `name` has been built completely into the cache."""
     return (cache_dir(name) / _COMPLETE_MARKER).is_file()
 
 
+@contextmanager
+def _locked(name: str) -> Iterator[None]:
+    """Hold an exclusive `fcntl.flock` on `lock_path(name)`, waiting for any other holder.
+
+    The lock file is left in place (removing it would let a waiter lock a stale inode); the
+    kernel releases the lock when its holder exits, so a killed build never blocks the next.
+    """
+    if fcntl is None:
+        yield
+        return
+    path = lock_path(name)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _log.info("waiting for another process to build %s into %s", name, cache_dir(name))
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
 def materialize(name: str, build: Callable[[Path], None]) -> Path:
     """Return the cache directory of `name`, running `build(tmp_dir)` first if it is missing.
 
-    The build writes into a fresh hidden temporary directory next to the final one, which is
-    then renamed into place, so an interrupted build never leaves a half-written cache entry.
-    If another process finishes the same build first, its result is kept and ours discarded.
+    Processes that ask for the same missing name at once (the ranks of a distributed run) take
+    turns on a file lock beside the entry: the first builds, the others wait and then find it
+    cached. The build writes into a fresh hidden temporary directory next to the final one,
+    which is then renamed into place, so an interrupted build never leaves a half-written
+    entry; leftovers of a build killed by an older version (an entry without ``config.json``,
+    stale temporary directories) are removed and the model rebuilt.
     """
     final = cache_dir(name)
     if is_cached(name):
         return final
-    if final.exists() and any(final.iterdir()):
-        raise FileExistsError(
-            f"cache directory {final} exists but holds no complete model; delete it and retry"
-        )
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=final.parent))
-    try:
-        build(tmp)
-        tmp.chmod(0o755)  # mkdtemp creates it private; the cache entry is readable like others
-        BUILDS[name] += 1
+    with _locked(name):
+        if is_cached(name):  # built by another process while we waited
+            return final
+        if fcntl is not None:  # only a lock holder builds, so these are from dead builds
+            for stale in final.parent.glob(f".{name}.partial-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+        if final.exists() or final.is_symlink():
+            _log.warning("removing incomplete cache entry %s (no %s) to rebuild it",
+                         final, _COMPLETE_MARKER)
+            _remove(final)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=final.parent))
         try:
-            os.replace(tmp, final)  # atomic; also replaces an empty leftover directory
-        except OSError:
-            if not is_cached(name):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            build(tmp)
+            tmp.chmod(0o755)  # mkdtemp creates it private; the cache entry is readable like others
+            BUILDS[name] += 1
+            try:
+                os.replace(tmp, final)  # atomic
+            except OSError:
+                if not is_cached(name):  # without fcntl another process may have won the race
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return final

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import random
 import warnings
 from collections.abc import Callable, Sequence
@@ -40,6 +41,48 @@ def _line_number(path: Path, record: int) -> int:
     return record + 1
 
 
+def _check_jsonl(local: Path, shown: str) -> None:
+    """Fail fast on a local JSONL file that `datasets` would reject without saying where.
+
+    Every non-blank line must be a JSON object; the first that is not is a ValueError naming
+    ``shown`` and its 1-based line. A file without a non-blank line "holds no rows". A ``.json``
+    file holding one JSON document (an array of rows, possibly over many lines) is left to
+    `datasets`, which reads that form too.
+    """
+    opener = gzip.open if local.suffix == ".gz" else open
+    rows, problem = 0, None
+    try:
+        with opener(local, "rb") as lines:
+            for number, raw in enumerate(lines, start=1):
+                if not raw.strip():
+                    continue
+                rows += 1
+                try:
+                    row = json.loads(raw.rstrip().decode("utf-8-sig" if number == 1 else "utf-8"))
+                except UnicodeDecodeError as err:
+                    problem = f"{shown} line {number} is not UTF-8 text ({err.reason} at byte {err.start})"
+                except json.JSONDecodeError as err:
+                    problem = f"{shown} line {number} is not valid JSON: {err.msg} at column {err.colno}"
+                else:
+                    if isinstance(row, dict):
+                        continue
+                    problem = f"{shown} line {number} is not a JSON object but a {type(row).__name__}"
+                break
+    except (gzip.BadGzipFile, EOFError) as err:
+        raise ValueError(f"{shown} is not a readable gzip file: {err}") from None
+    if problem is None:
+        if not rows:
+            raise ValueError(f"{shown} holds no rows")
+        return
+    try:
+        with opener(local, "rt", encoding="utf-8-sig") as text:
+            document = json.load(text)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError: not one document either
+        raise ValueError(problem) from None
+    if isinstance(document, list) and not document:
+        raise ValueError(f"{shown} holds no rows")
+
+
 def _column(rows, field: str) -> list[Any]:
     """Values of a (possibly dotted, ``reward_model.ground_truth.target``) field; None where absent."""
     top, *rest = field.split(".")
@@ -63,13 +106,18 @@ class Records:
 
 def open_rows(path: str, split: str = "train", dataset_config: str | None = None):
     """The rows of a local JSONL file or a Hub dataset split, its display name, and ``where(i)``:
-    the 1-based location of row ``i`` (the file's line for local files) for error messages."""
+    the 1-based location of row ``i`` (the file's line for local files) for error messages.
+
+    A local file is checked line by line first (`_check_jsonl`): a line that is not a JSON
+    object, or a file with no rows, is a ValueError naming the file and line.
+    """
     import datasets
 
     if _is_local(path):
         local = Path(path).expanduser()
         if not local.is_file():
             raise FileNotFoundError(f"JSONL file not found: {path}")
+        _check_jsonl(local, path)
         rows = datasets.load_dataset("json", data_files=str(local), split="train")
         return rows, local.name, lambda i: f"row {_line_number(local, i)}"
     rows = datasets.load_dataset(path, dataset_config, split=split)
