@@ -1,16 +1,19 @@
 """The ``ibpo`` command: LightningCLI with the rollout callback and an estimator as config groups.
 
-``ibpo fit -c configs/quickstart.yaml`` trains; ``ibpo validate`` evaluates; every constructor
-argument is a yaml key and its docstring is its ``--help`` text.
+``ibpo fit -c configs/quickstart.yaml`` trains; ``ibpo validate`` evaluates on the held-out split
+and ``ibpo test`` on the task's test split; every constructor argument is a yaml key and its
+docstring is its ``--help`` text.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 
 from lightning.pytorch.cli import LightningCLI
 
+from ibpo_lightning.checkpointing import find_last
 from ibpo_lightning.data import RLDataModule
 from ibpo_lightning.estimators import Estimator
 from ibpo_lightning.module import PolicyModule
@@ -18,11 +21,26 @@ from ibpo_lightning.rollout import RolloutCallback
 
 
 class IBPOCLI(LightningCLI):
-    """Adds ``rollout:`` and ``estimator:`` (chosen by ``class_path``) as forced callbacks."""
+    """Adds ``rollout:`` and ``estimator:`` (chosen by ``class_path``) as forced callbacks.
+
+    A run starts fresh unless ``--ckpt_path`` names a checkpoint; ``--ckpt_path last`` resumes
+    from the newest one under ``trainer.default_root_dir`` (see ``checkpointing.py``).
+    """
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(RolloutCallback, "rollout")
         parser.add_lightning_class_args(Estimator, "estimator", subclass_mode=True, required=True)
+
+    def before_fit(self) -> None:
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") == "last":
+            last = find_last(self.trainer.default_root_dir)
+            if last is None:
+                print(f"--ckpt_path last: no checkpoint under {self.trainer.default_root_dir}; starting fresh",
+                      file=sys.stderr)
+            else:
+                print(f"resuming from {last}", file=sys.stderr)
+            config["ckpt_path"] = None if last is None else str(last)
 
 
 # Lightning warnings that this design triggers on purpose (see docs/architecture.md)

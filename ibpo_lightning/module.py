@@ -1,35 +1,30 @@
-"""The ``LightningModule``: policy, frozen reference model, and the policy-gradient update.
+"""The ``LightningModule``: the policy, a frozen reference where something needs one, and the update.
 
-One ``training_step`` consumes one rollout batch: it checks the batch was sampled by the current
-policy, then runs ``ppo_epochs`` x ``mini_batches`` optimizer updates (manual optimization),
-each accumulating micro-batches that never split a group. An update whose loss or gradients
-are not finite is skipped, counted and reported, never applied.
+One ``training_step`` is one RL step on a batch the data stream sampled and planned: check the
+batch was sampled by the current policy, fill the reference log-probs if the loss or the
+estimator needs them, let the estimator score (``prepare``) and assign credit, then run the
+policy update (``training.update``: PPO epochs x mini-batches of whole groups, manual
+optimization, non-finite updates skipped). Every forward pass goes through one
+:class:`~ibpo_lightning.training.scorer.Scorer`, which makes it safe under every strategy.
 """
 
 from __future__ import annotations
 
-import copy
-import math
 import time
-import types
-import warnings
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import FSDPStrategy
 from torchmetrics import MeanMetric
 
-from ibpo_lightning.losses import LogprobMismatch, PolicyLoss, truncated_importance_weight
-from ibpo_lightning.rng import rng_states, set_rng_states
-from ibpo_lightning.models import load_policy
-from ibpo_lightning.models.lora import add_lora
-from ibpo_lightning.models.sharding import shard
-from ibpo_lightning.losses import token_logprobs
 from ibpo_lightning.diagnostics import group_gradient_noise
 from ibpo_lightning.evaluation import EvalSuite
-from ibpo_lightning.rollout.callback import RolloutCallback, find_callback
+from ibpo_lightning.losses import PolicyLoss
+from ibpo_lightning.models.policy import build_models
+from ibpo_lightning.rng import rng_states, set_rng_states
 from ibpo_lightning.tasks.base import Task
-from ibpo_lightning.types import Kind, RolloutBatch
+from ibpo_lightning.training import DataParallel, PolicyUpdate, Scorer, batch_metrics
+from ibpo_lightning.types import RolloutBatch
 
 
 class StaleBatchError(RuntimeError):
@@ -122,14 +117,25 @@ class PolicyModule(LightningModule):
                              f"{max_policy_lag} and {tis_cap}")
         self.max_policy_lag, self.tis_cap, self.grad_noise_every = max_policy_lag, tis_cap, grad_noise_every
         self.policy = self.reference = self.tokenizer = None
+        self.scorer: Scorer | None = None
+        self.update: PolicyUpdate | None = None
+        self.sampler = self.estimator = None
         self.policy_version = 0
-        self.skipped_updates = 0
         self.val_accuracy = MeanMetric()
         self.benchmarks, self.heldout_name = dict(benchmarks or {}), heldout_name
         if heldout_name in self.benchmarks:
             raise ValueError(f"model.benchmarks may not reuse the held-out split's name {heldout_name!r}")
         self.evaluation = EvalSuite([heldout_name, *self.benchmarks], eval_samples,
                                     pass_k or sorted({1, eval_samples}), eval_temperature, eval_max_new_tokens)
+
+    def connect(self, sampler, estimator) -> None:
+        """The sampler (evaluation, and the temperature tokens are scored at) and the estimator
+        (credit); called once by the wiring (``wiring.connect``)."""
+        self.sampler, self.estimator = sampler, estimator
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.loss.kl_coef > 0 or bool(self.estimator is not None and self.estimator.needs_reference)
 
     # -- models ----------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -141,19 +147,18 @@ class PolicyModule(LightningModule):
                 "outside the root module's forward, which FSDP1 does not gather for. Use "
                 "-c configs/strategies/fsdp2.yaml (ModelParallelStrategy with FSDP2) instead"
             )
-        self.policy, self.tokenizer = load_policy(self.model_name)
-        self.policy.train()
-        if self.gradient_checkpointing:
-            self.policy.gradient_checkpointing_enable()
-        self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
-        if self.lora_rank:
-            self.policy = add_lora(self.policy, self.lora_rank, self.lora_alpha, self.lora_targets)
-        for model in (self.policy, self.reference):  # scoring runs the decoder and head separately
-            model.token_logprobs = types.MethodType(token_logprobs, model)
-        if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2 over the data-parallel ranks
-            shard(self.policy, self.device_mesh, self.param_dtype, methods=("token_logprobs",))
-            shard(self.reference, self.device_mesh, self.param_dtype, offload=self.offload_reference,
-                  methods=("token_logprobs",))
+        self.policy, self.reference, self.tokenizer = build_models(
+            self.model_name, with_reference=self.needs_reference, lora_rank=self.lora_rank,
+            lora_alpha=self.lora_alpha, lora_targets=self.lora_targets,
+            gradient_checkpointing=self.gradient_checkpointing, mesh=self.device_mesh,
+            param_dtype=self.param_dtype, offload_reference=self.offload_reference)
+        world = self.trainer.world_size if self._trainer is not None else 1
+        temperature = self.sampler.scoring_temperature if self.sampler is not None else 1.0
+        self.scorer = Scorer(self.policy, self.reference, temperature, self.micro_batch_size, self.micro_batch_tokens,
+                             DataParallel(world, self.policy), self.tokenizer.pad_token_id,
+                             share_prompts=self.device_mesh is None)
+        self.update = PolicyUpdate(self.loss, self.scorer, self.manual_backward, self.ppo_epochs, self.mini_batches,
+                                   self.max_grad_norm, self.tis_cap, lag_corrected=self.max_policy_lag > 0)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -168,15 +173,11 @@ class PolicyModule(LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
         return [opt], [{"scheduler": sched, "interval": "step"}]
 
-    def temperature(self) -> float:
-        rollout = find_callback(self.trainer, RolloutCallback) if self._trainer else None
-        return rollout.temperature if rollout is not None and rollout.temperature > 0 else 1.0
-
     def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
         # rollout batches move their tensors in place; validation batches are problem texts
         return batch.to(device) if isinstance(batch, RolloutBatch) else batch
 
-    # -- training --------------------------------------------------------------------------
+    # -- training: one RL step ---------------------------------------------------------------
     def training_step(self, batch: RolloutBatch, batch_idx: int) -> None:
         lag = self.policy_version - batch.policy_version
         if not 0 <= lag <= self.max_policy_lag:
@@ -185,199 +186,75 @@ class PolicyModule(LightningModule):
                 f"{self.policy_version} (model.max_policy_lag={self.max_policy_lag}): the engine missed "
                 "a weight sync or the stream fetched ahead of the optimizer step"
             )
-        rows = [i for i in range(len(batch)) if bool(batch.loss_weights[i].any())]
-        noise = self._gradient_noise(batch, rows)
         start = time.perf_counter()
-        # rows whose every token has zero advantage add nothing to the gradient (without a KL
-        # term) but still count in the loss normaliser: no forward or backward pass for them
-        busy = rows if self.loss.kl_coef > 0 else [i for i in rows if bool(batch.advantages[i].any())]
-        busy_set = set(busy)
-        old = self._old_logprobs(batch, busy)
-        ref = self._reference_logprobs(batch, busy)
-        logprob_time = time.perf_counter() - start
+        if self.needs_reference:  # KL in the loss or in the estimator's reward: computed once
+            batch.ref_logprobs = self.scorer.full(batch, batch.rows(lambda t: t.trained), "reference")
+        self.estimator.prepare(batch, self.scorer)
+        batch.advantages, batch.loss_weights = self.estimator.assign(batch)
+        credit_time = time.perf_counter() - start
+        noise = self._gradient_noise(batch)
+        start = time.perf_counter()
         opt, sched = self.optimizers(), self.lr_schedulers()
-        totals: dict[str, float] = {}
-        mismatch = LogprobMismatch()
-        updates = 0
-        minis = batch.split_groups(rows, self.mini_batches)
-        minis += [[] for _ in range(int(self._reduce(len(minis), "max")) - len(minis))]  # same count on every rank
-        for epoch in range(self.ppo_epochs):
-            for mini in minis:
-                stats = self._update(batch, mini, [i for i in mini if i in busy_set], old, ref, opt,
-                                     mismatch if epoch == 0 else None)
-                if stats is None:
-                    continue
-                sched.step()
-                updates += 1
-                for k, v in stats.items():
-                    totals[k] = totals.get(k, 0.0) + v
+        metrics = self.update.run(batch, opt, sched, self.policy_version, lag)
         self.policy_version += 1
-        metrics = {f"train/{k}": v / max(updates, 1) for k, v in totals.items()}
-        metrics.update(mismatch.metrics(lag))
-        metrics.update(self._batch_metrics(batch, rows))
-        metrics.update({"time/logprobs": logprob_time, "time/train": time.perf_counter() - start - logprob_time,
-                        "train/skipped_updates": float(self.skipped_updates), "train/lr": sched.get_last_lr()[0]})
+        metrics.update(batch_metrics(batch))
+        metrics["time/estimator"] = metrics.get("time/estimator", 0.0) + credit_time
+        metrics.update({"time/train": time.perf_counter() - start, "train/lr": sched.get_last_lr()[0],
+                        "policy_version": float(self.policy_version)})
         self.log("reward", metrics["train/reward_mean"], prog_bar=True, on_step=True, on_epoch=False, logger=False)
-        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(batch), sync_dist=self._world() > 1)
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(batch), sync_dist=self.update.scorer.parallel.world > 1)
         for logger in self.loggers if noise else ():  # straight to the loggers: log_dict would repeat it every step
             logger.log_metrics({**noise, "policy_version": float(self.policy_version)}, step=self.global_step)
 
-    def _update(self, batch, rows, busy, old, ref, opt, mismatch=None) -> dict[str, float] | None:
-        """One optimizer update over ``rows`` (forward passes on ``busy`` only); None if skipped.
-
-        ``mismatch`` collects trainer-vs-engine log-prob differences (first pass over the batch).
-        With several data-parallel ranks the normaliser covers every rank's rows (gradients are
-        averaged across ranks, so the update equals one process training on the whole batch), and
-        every rank runs the same number of forward/backward passes (FSDP gathers in each).
-        """
-        local = self.loss.normaliser(batch.loss_weights[rows]) if rows else 0.0
-        normaliser = self._reduce(local) / self._world()
-        opt.zero_grad(set_to_none=True)
-        stats: dict[str, float] = {}
-        n_micro, bad = 0, None
-        for micro in self._in_step(batch.group_chunks(busy, self.micro_batch_size, self.micro_batch_tokens)):
-            if micro is None:  # a pass that adds nothing, to match another rank's extra micro-batch
-                self.manual_backward(self._logprobs(self.policy, batch, [0])[0].sum() * 0.0)
-                continue
-            logp, entropy, width = self._logprobs(self.policy, batch, micro, with_entropy=True)
-            w = batch.loss_weights[micro, :width]
-            old_logp = old[micro, :width] if old is not None else logp.detach()
-            ref_logp = ref[micro, :width] if ref is not None else None
-            engine_logp, scored = batch.engine_logprobs[micro, :width], batch.response_mask[micro, :width] > 0
-            if mismatch is not None:
-                mismatch.add((old_logp - engine_logp).abs()[scored])
-            adv = batch.advantages[micro, :width]
-            if self.max_policy_lag > 0:  # truncated importance sampling: engine -> trainer policy
-                adv = adv * truncated_importance_weight(old_logp, engine_logp, self.tis_cap)
-            loss, st = self.loss(logp, old_logp, adv, w, normaliser, ref_logp)
-            if not torch.isfinite(loss):
-                bad = bad or "loss"  # still backward: the other ranks' passes wait for this one's
-            self.manual_backward(loss)
-            n_micro += 1
-            st.entropy = float((entropy * w.gt(0)).sum() / w.gt(0).sum().clamp(min=1))
-            for k, v in vars(st).items():
-                merge = max if k == "ratio_max" else min if k == "ratio_min" else lambda a, b: a + b
-                stats[k] = merge(stats[k], v) if k in stats else v
-        norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm or math.inf)
-        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # a DTensor under FSDP2
-        if bad is None and not torch.isfinite(norm):
-            bad = "gradient"
-        if self._reduce(bad is not None, "max"):  # one rank's bad update is every rank's
-            return self._skip(opt, bad or "loss or gradient on another rank")
-        opt.step()
-        averaged = ("kl", "clip_fraction", "entropy")
-        out = {k: v / max(n_micro, 1) if k in averaged else v for k, v in stats.items()}
-        out["grad_norm"] = float(norm)
-        return out
-
-    def _gradient_noise(self, batch: RolloutBatch, rows: list[int]) -> dict[str, float]:
+    def _gradient_noise(self, batch: RolloutBatch) -> dict[str, float]:
         due = self.grad_noise_every and self.policy_version % self.grad_noise_every == 0
-        return group_gradient_noise(self, batch, rows) if due and self._world() == 1 else {}  # one process only
+        if not due or self.scorer.parallel.world > 1:  # one process only
+            return {}
+        rows = [i for i in range(len(batch)) if bool(batch.loss_weights[i].any())]
+        return group_gradient_noise(self.scorer, self.loss, batch, rows)
 
-    def _world(self) -> int:
-        return self.trainer.world_size if self._trainer is not None else 1
-
-    def _reduce(self, value: float, op: str = "sum") -> float:
-        """``value`` summed (or maxed) over the data-parallel ranks; itself on one process."""
-        if self._world() == 1:
-            return float(value)
-        total = torch.tensor(float(value), dtype=torch.float64, device=self.device)
-        dist = torch.distributed
-        dist.all_reduce(total, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
-        return float(total)
-
-    def _in_step(self, chunks: list[list[int]]) -> list[list[int] | None]:
-        """``chunks`` padded with None up to the largest count on any rank."""
-        return chunks + [None] * (int(self._reduce(len(chunks), "max")) - len(chunks))
-
-    def _skip(self, opt, what: str) -> None:
-        opt.zero_grad(set_to_none=True)
-        self.skipped_updates += 1
-        warnings.warn(f"step {self.policy_version}: non-finite {what}; update skipped "
-                      f"({self.skipped_updates} skipped so far)", RuntimeWarning, stacklevel=2)
-        return None
-
-    def _logprobs(self, model, batch, rows, with_entropy=False):
-        width = int(batch.attention_mask[rows].sum(-1).max())
-        logp, entropy = model.token_logprobs(batch.input_ids[rows, :width], batch.attention_mask[rows, :width],
-                                             batch.response_mask[rows, :width], self.temperature(), with_entropy,
-                                             share_prompts=self.device_mesh is None)
-        return logp, entropy, width
-
-    @torch.no_grad()
-    def _full_logprobs(self, model, batch, rows) -> torch.Tensor:
-        out = torch.zeros_like(batch.engine_logprobs)
-        for micro in self._in_step(batch.group_chunks(rows, self.micro_batch_size, self.micro_batch_tokens)):
-            if micro is None:  # matches another rank's extra forward pass
-                self._logprobs(model, batch, [0])
-                continue
-            logp, _, width = self._logprobs(model, batch, micro)
-            out[micro, :width] = logp
-        return out
-
-    def _old_logprobs(self, batch, rows) -> torch.Tensor | None:
-        """Trainer-side behaviour log-probs; only needed when one batch feeds several updates."""
-        if self.ppo_epochs * self.mini_batches == 1:
-            return None  # the single update is on-policy: old = current, detached
-        return self._full_logprobs(self.policy, batch, rows)
-
-    def _reference_logprobs(self, batch, rows) -> torch.Tensor | None:
-        if self.loss.kl_coef <= 0:
-            return None
-        return self._full_logprobs(self.reference, batch, rows)
-
-    def _batch_metrics(self, batch: RolloutBatch, rows: list[int]) -> dict[str, float]:
-        fresh = [i for i, t in enumerate(batch.trajectories) if t.kind == Kind.FRESH]
-        rewards = batch.rewards[fresh]
-        lengths = torch.tensor([len(batch.trajectories[i].response_ids) for i in fresh], dtype=torch.float32)
-        mask = batch.loss_weights[rows] > 0
-        adv = batch.advantages[rows][mask] if mask.any() else torch.zeros(1)
-        metrics = {
-            "train/reward_mean": float(rewards.mean()),
-            "train/reward_std": float(rewards.std()) if len(fresh) > 1 else 0.0,
-            "train/accuracy": float((rewards >= 1.0).float().mean()),
-            "train/response_length": float(lengths.mean()),
-            "train/truncated_fraction": sum(not batch.trajectories[i].finished for i in fresh) / len(fresh),
-            "train/adv_mean": float(adv.mean()),
-            "train/adv_std": float(adv.std()) if adv.numel() > 1 else 0.0,
-            "train/adv_abs_mean": float(adv.abs().mean()),
-            "train/adv_zero_fraction": float((adv == 0).float().mean()),
-            "policy_version": float(self.policy_version),
-        }
-        metrics.update({k: v for k, v in batch.stats.items()})
-        return metrics
-
-    # -- validation: mean@n / pass@k on the held-out split and on extra benchmarks -----------------
+    # -- evaluation: mean@n / pass@k on the held-out (or test) split and on extra benchmarks ---
     def validation_step(self, problems, batch_idx: int) -> None:
-        rollout = find_callback(self.trainer, RolloutCallback)
-        right = self.evaluation.evaluate(rollout, self.heldout_name, self.trainer.datamodule.task, problems)
-        self.val_accuracy.update(right.flatten())  # val/accuracy: the mean over all samples
+        self._evaluate(problems)
+
+    def test_step(self, problems, batch_idx: int) -> None:
+        self._evaluate(problems)
 
     def on_validation_epoch_end(self) -> None:
-        rollout = find_callback(self.trainer, RolloutCallback)
-        chunk = getattr(self.trainer.datamodule, "val_batch_size", 64)
+        self._report("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._report("test")
+
+    def _evaluate(self, problems) -> None:
+        right = self.evaluation.evaluate(self.sampler, self.heldout_name, self.trainer.datamodule.task, problems)
+        self.val_accuracy.update(right.flatten())  # <split>/accuracy: the mean over all samples
+
+    def _report(self, split: str) -> None:
+        chunk = self.trainer.datamodule.val_batch_size
         for name, task in self.benchmarks.items():
-            problems = list(task.heldout_problems())
+            problems = list(task.test_problems() if split == "test" else task.heldout_problems())
             for start in range(0, len(problems), chunk):
-                self.evaluation.evaluate(rollout, name, task, problems[start : start + chunk])
+                self.evaluation.evaluate(self.sampler, name, task, problems[start : start + chunk])
         accuracy = float(self.val_accuracy.compute())
         self.val_accuracy.reset()
         results = self.evaluation.compute()
         table = self.evaluation.table(results)
         self.evaluation.reset()
-        metrics = {"val/accuracy": accuracy}
+        metrics = {f"{split}/accuracy": accuracy}
         for name, values in results.items():
-            prefix = "val/" if name == self.heldout_name else f"val/{name}/"
+            prefix = f"{split}/" if name == self.heldout_name else f"{split}/{name}/"
             metrics.update({prefix + key: value for key, value in values.items()})
+        what = "test" if split == "test" else "held-out"
         if self.trainer.sanity_checking:  # the sanity pass is the "before training" measurement
             for logger in self.loggers:
                 logger.log_metrics({**metrics, "val/policy_version": 0.0}, step=0)
-            self.print(f"held-out accuracy before training: {accuracy:.3f}\n{table}")
+            self.print(f"{what} accuracy before training: {accuracy:.3f}\n{table}")
             return
-        self.log("val/accuracy", metrics.pop("val/accuracy"), prog_bar=True)
+        self.log(f"{split}/accuracy", metrics.pop(f"{split}/accuracy"), prog_bar=True)
         self.log_dict(metrics)
-        self.log("val/policy_version", float(self.policy_version))
-        self.print(f"held-out accuracy after {self.policy_version} steps: {accuracy:.3f}\n{table}")
+        self.log(f"{split}/policy_version", float(self.policy_version))
+        self.print(f"{what} accuracy after {self.policy_version} steps: {accuracy:.3f}\n{table}")
 
     # -- checkpoint state ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -388,16 +265,22 @@ class PolicyModule(LightningModule):
             for key in [k for k in state if k.startswith("reference.")]:
                 del state[key]
         checkpoint["policy_version"] = self.policy_version
-        checkpoint["skipped_updates"] = self.skipped_updates
+        checkpoint["skipped_updates"], checkpoint["empty_steps"] = self.update.skipped_updates, self.update.empty_steps
         checkpoint["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.configure_model()
         state = checkpoint.get("state_dict")  # absent when a sharded checkpoint was loaded in place
-        for key, value in self.reference.state_dict().items() if state is not None else ():
-            state.setdefault(f"reference.{key}", value)
+        if state is not None:
+            if self.reference is None:  # a checkpoint of a run that had one
+                for key in [k for k in state if k.startswith("reference.")]:
+                    del state[key]
+            else:
+                for key, value in self.reference.state_dict().items():
+                    state.setdefault(f"reference.{key}", value)
         self.policy_version = checkpoint.get("policy_version", 0)
-        self.skipped_updates = checkpoint.get("skipped_updates", 0)
+        self.update.skipped_updates = checkpoint.get("skipped_updates", 0)
+        self.update.empty_steps = checkpoint.get("empty_steps", 0)
         if "rng_states" in checkpoint:  # estimators' random choices continue where they stopped
             set_rng_states(checkpoint["rng_states"])
 

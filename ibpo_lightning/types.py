@@ -21,7 +21,18 @@ class Kind(IntEnum):
     RESET_SUFFIX = 1  #: continues a parent from a shared prefix (SRPO / RRPO)
     REVISION = 2  #: a repair of a parent, generated from a compare-and-correct prompt (IBPO)
     PROBE = 3  #: Monte-Carlo continuation used for value estimates only
-    LOCALISATION = 4  #: SRPO's "name the first wrong thought" call; counted, never a batch row
+
+
+class GenerationKind:
+    """What a generate call was for; generated tokens are counted per kind (``tokens/<kind>``)."""
+
+    FRESH = "fresh"  #: the step's groups
+    REVISION = "revision"  #: IBPO's repairs
+    RESAMPLE = "resample"  #: DAPO's extra groups
+    RESET_SUFFIX = "reset_suffix"  #: SRPO / RRPO suffixes
+    PROBE = "probe"  #: Monte-Carlo continuations
+    LOCALISATION = "localisation"  #: SRPO's "name the first wrong thought" call
+    VALIDATION = "validation"  #: evaluation
 
 
 @dataclass
@@ -49,6 +60,12 @@ class Trajectory:
     step_boundaries: tuple[int, ...] = ()
     """Response-token offsets where reasoning steps end."""
 
+    @classmethod
+    def from_sample(cls, prompt_ids: list[int], prompt_text: str, sample, **fields) -> "Trajectory":
+        """A row holding a rollout engine ``Sample`` answering ``prompt_ids``; ``fields`` set the rest."""
+        return cls(prompt_ids=prompt_ids, response_ids=sample.token_ids, logprobs=sample.logprobs,
+                   prompt_text=prompt_text, response_text=sample.text, finished=sample.finished, **fields)
+
 
 @dataclass
 class RolloutBatch:
@@ -72,12 +89,31 @@ class RolloutBatch:
     group_ids: torch.Tensor | None = None  # [N]
     advantages: torch.Tensor | None = None  # [N, L] set by the estimator's assign hook
     loss_weights: torch.Tensor | None = None  # [N, L] set by the estimator's assign hook
+    ref_logprobs: torch.Tensor | None = None  # [N, L] frozen reference's log-probs, when something needs them
 
     def __len__(self) -> int:
         return len(self.trajectories)
 
     def rows(self, predicate) -> list[int]:
         return [i for i, t in enumerate(self.trajectories) if predicate(t)]
+
+    def add_scored(self, rows: list[Trajectory], task) -> list[float]:
+        """Score ``rows`` with ``task`` against their groups' answers, set their rewards and
+        append them; returns the rewards."""
+        rewards = [float(r) for r in task.score([t.response_text for t in rows],
+                                                [self.answers[t.group] for t in rows])] if rows else []
+        for t, r in zip(rows, rewards):
+            t.reward = r
+        self.trajectories.extend(rows)
+        return rewards
+
+    def fresh_groups(self) -> dict[int, list[int]]:
+        """Rows of the fresh samples of each group, by group."""
+        groups: dict[int, list[int]] = {}
+        for i, t in enumerate(self.trajectories):
+            if t.kind == Kind.FRESH:
+                groups.setdefault(t.group, []).append(i)
+        return groups
 
     def collate(self, pad_id: int) -> "RolloutBatch":
         """Build the padded tensors from the trajectory records (in place)."""
@@ -110,6 +146,8 @@ class RolloutBatch:
     def split_groups(self, rows: list[int], parts: int) -> list[list[int]]:
         """Split ``rows`` into up to ``parts`` mini-batches along group boundaries."""
         groups = self.groups_of(rows)
+        if not groups:  # no row carries weight this step
+            return []
         size = -(-len(groups) // max(1, min(parts, len(groups))))
         return [[i for g in groups[k : k + size] for i in g] for k in range(0, len(groups), size)]
 
@@ -140,7 +178,7 @@ class RolloutBatch:
     def to(self, device: torch.device | str) -> "RolloutBatch":
         """Move tensors in place; Lightning calls this instead of copying the dataclass."""
         for name in ("input_ids", "attention_mask", "response_mask", "engine_logprobs", "rewards",
-                     "group_ids", "advantages", "loss_weights"):
+                     "group_ids", "advantages", "loss_weights", "ref_logprobs"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value.to(device))

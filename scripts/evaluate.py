@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         metrics = trainer.validate(module, datamodule=data, ckpt_path=ckpt, verbose=False)[0]
     finally:
         for task in tasks.values():
-            getattr(task, "close", lambda: None)()
+            task.close()
     print(f"model: {args.model}; {time.perf_counter() - start:.1f} s in all (loading included)")
     return {k: float(v) for k, v in metrics.items()}
 

@@ -8,7 +8,7 @@ from lightning.pytorch import Callback
 
 from ibpo_lightning.models.sharding import full_tensors
 from ibpo_lightning.rollout import HFEngine
-from ibpo_lightning.rollout.callback import RolloutCallback, find_callback
+from ibpo_lightning.rollout.callback import RolloutCallback
 from ibpo_lightning.rollout.engine import Sample
 from ibpo_lightning.tasks import ArithmeticTask
 from ibpo_lightning.types import Kind, RolloutBatch, Trajectory
@@ -61,7 +61,7 @@ class BatchRecorder(Callback):
         self._write(trainer, row)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        engine = find_callback(trainer, RolloutCallback).engine
+        engine = next(cb for cb in trainer.callbacks if isinstance(cb, RolloutCallback)).engine
         if getattr(engine, "model", None) is not None:  # the HF engine: its weights vs the trainer's
             theirs = dict(engine.model.named_parameters())
             diff = max(float((t - theirs[name]).abs().max())

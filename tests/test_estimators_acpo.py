@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from ibpo_lightning.models.policy import with_scoring
+from ibpo_lightning.training import Scorer
+
 from ibpo_lightning.cli import run_cli
 from ibpo_lightning.estimators import ACPO
 from ibpo_lightning.estimators.functional import attribution_factors, step_of_tokens, zscore
@@ -161,7 +164,10 @@ def test_acpo_attribution_is_the_answer_logprob_gain_of_each_step(tiny):
     prompt, resp = tok.encode("What is 3 + 4?"), tok.encode("3 plus 4\n\nmakes 7.")
     rows = [row(0, 1.0, resp, boundaries=(3,), prompt=prompt), row(0, 0.0, resp[:4], prompt=prompt)]
     batch = batch_of(rows, answers=["7"])
-    scores = ACPO().attribute(batch, model, tok, chunk=2)
+    acpo = ACPO()
+    acpo.tokenizer = tok
+    scorer = Scorer(with_scoring(model), None, temperature=1.0, micro_batch_size=2, pad_id=tok.pad_token_id)
+    scores = acpo.attribute(batch, scorer)
     assert [len(scores[0]), len(scores[1])] == [2, 1]
     level = [answer_logprob(model, tok, prompt + resp[:end] + cue, "7") for end in (0, 3, len(resp))]
     assert scores[0] == pytest.approx([level[1] - level[0], level[2] - level[1]], abs=1e-4)

@@ -19,7 +19,7 @@ from ibpo_lightning.cli import run_cli
 from ibpo_lightning.data import RLDataModule
 from ibpo_lightning.estimators import DAPO, GRPO, ReinforcePP
 from ibpo_lightning.estimators.functional import discounted_returns, masked_whiten, overlong_penalty
-from ibpo_lightning.losses import PolicyLoss
+from ibpo_lightning.losses import PolicyLoss, token_logprobs
 from ibpo_lightning.module import PolicyModule
 from ibpo_lightning.rollout import HFEngine, RolloutCallback
 from ibpo_lightning.rollout.engine import Sample
@@ -156,7 +156,7 @@ def test_dapo_dynamic_sampling_cap_keeps_what_it_has():
     none = fake_batch([problem("hard", 0), problem("solved", 0)], rollout, task)
     capped.plan(none, rollout, task)
     assert none.stats["dapo/groups_kept"] == 0.0 and none.problems == ["hard problem number 0", "solved problem number 0"]
-    with pytest.raises(ValueError, match="draw_problems"):
+    with pytest.raises(ValueError, match="problem_source"):
         DAPO().plan(fake_batch(start, rollout, task), rollout, task)
 
 
@@ -173,10 +173,10 @@ def tiny_setup(tmp_path, estimator, steps=1):
 
 def test_dapo_dynamic_sampling_with_the_tiny_engine(tmp_path):
     _, data = tiny_setup(tmp_path, DAPO(max_resample_rounds=8))
-    position = data.sampler.epoch * data.sampler.size + data.sampler.offset
+    position = data.order.epoch * data.order.size + data.order.offset
     batch = data.next_batch()
     drawn, kept = int(batch.stats["dapo/groups_drawn"]), int(batch.stats["dapo/groups_kept"])
-    assert data.sampler.epoch * data.sampler.size + data.sampler.offset - position == drawn  # drawn via the data module
+    assert data.order.epoch * data.order.size + data.order.offset - position == drawn  # drawn via the data module
     assert kept == 2, "ParityTask gives a random model reward variance; 8 rounds should fill the batch"
     assert len(batch.problems) == 2 and sorted({t.group for t in batch.trajectories}) == [0, 1]
     for g in (0, 1):
@@ -236,7 +236,7 @@ def test_reinforce_pp_kl_in_reward_golden():
     est = ReinforcePP(kl_coef=0.1)
     with pytest.raises(ValueError, match="reference log-probs"):
         est.assign(batch)
-    est.ref_logprobs = torch.full((2, 5), -1.5)  # k1 KL = -1 - (-1.5) = 0.5 per token
+    batch.ref_logprobs = torch.full((2, 5), -1.5)  # k1 KL = -1 - (-1.5) = 0.5 per token
     adv, _ = est.assign(batch)
     # r = -0.05 per token, +R on the last: returns (1 - 0.05 * k) and (-0.05 * k), k = 3, 2, 1
     returns = [0.85, 0.9, 0.95, -0.15, -0.1, -0.05]
@@ -246,14 +246,20 @@ def test_reinforce_pp_kl_in_reward_golden():
     assert batch.stats["reinforce_pp/kl"] == pytest.approx(0.5)
 
 
-def test_reinforce_pp_reference_forward_matches_the_module(tmp_path):
-    est = ReinforcePP(kl_coef=0.01)
-    module, data = tiny_setup(tmp_path, est)
+def test_reference_is_built_only_when_something_needs_it_and_scored_by_the_scorer(tmp_path):
+    module, data = tiny_setup(tmp_path / "kl", ReinforcePP(kl_coef=0.01))
+    assert module.needs_reference and module.reference is not None
     batch = data.next_batch()
     rows = list(range(len(batch)))
-    mine = est.reference_logprobs(batch, module)
-    assert torch.allclose(mine, module._full_logprobs(module.reference, batch, rows), atol=1e-5)
-    assert torch.count_nonzero(mine * batch.response_mask) > 0
+    scored = module.scorer.full(batch, rows, "reference")
+    plain, _ = token_logprobs(module.reference, batch.input_ids, batch.attention_mask, batch.response_mask,
+                              share_prompts=False)
+    assert torch.allclose(scored, plain, atol=1e-5) and torch.count_nonzero(scored * batch.response_mask) > 0
+    assert not torch.allclose(scored, module.scorer.full(batch, rows, "policy"), atol=1e-4), "the policy moved"
+    free, _ = tiny_setup(tmp_path / "free", ReinforcePP(kl_coef=0.0))
+    assert not free.needs_reference and free.reference is None
+    with pytest.raises(ValueError, match="no reference model"):
+        free.scorer.full(batch, rows, "reference")
 
 
 def test_reinforce_pp_allows_groups_of_one_but_not_its_baseline_variant():

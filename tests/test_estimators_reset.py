@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ from ibpo_lightning.estimators.functional import zscore_within
 from ibpo_lightning.estimators.srpo import parse_step
 from ibpo_lightning.losses import PolicyLoss
 from ibpo_lightning.models import load_policy
-from ibpo_lightning.rollout import HFEngine, RolloutCallback
+from ibpo_lightning.rollout import HFEngine, Sampler
 from ibpo_lightning.rollout.engine import Sample
 from ibpo_lightning.types import Kind, RolloutBatch
 from tests.helpers import ParityTask, batch_of, traj
@@ -40,8 +39,8 @@ class FakeTokenizer:
         return "".join(VOCAB[i] for i in ids)
 
 
-class FakeRollout:
-    """A scripted sampler with the rollout callback's interface; it records every generate call.
+class FakeRollout(Sampler):
+    """A scripted sampler (the ``Sampler`` interface, its own ``generate``); it records every call.
 
     ``replies[kind]`` is a list of token-id lists handed out in turn; localisation answers are
     the text ``localisation``.
@@ -239,9 +238,9 @@ def test_groups_without_a_wrong_sample_are_not_reset():
 # -- plan with the real tiny engine ----------------------------------------------------------------
 def tiny_rollout(max_new_tokens=8):
     model, tok = load_policy("tiny-random-llama")
-    rollout = RolloutCallback(HFEngine(), group_size=4, max_new_tokens=max_new_tokens)
-    rollout.module = SimpleNamespace(policy=model, tokenizer=tok, policy_version=0, global_rank=0)
-    return rollout
+    sampler = Sampler(HFEngine(), group_size=4, max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0, seed=0)
+    sampler.bind(model, tok, version=0)
+    return sampler
 
 
 @pytest.mark.parametrize("cls", [SRPO, RRPO])

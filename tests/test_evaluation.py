@@ -78,7 +78,7 @@ def test_benchmark_metrics_reset_and_validation():
 
 
 class ScriptedRollout:
-    """A stand-in for RolloutCallback: answer ``i`` of every problem is ``answers[i]``."""
+    """A stand-in for the Sampler: answer ``i`` of every problem is ``answers[i]``."""
 
     def __init__(self, answers):
         self.answers, self.calls = answers, []

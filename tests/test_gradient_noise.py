@@ -5,10 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ibpo_lightning.diagnostics import group_gradient_noise
+from ibpo_lightning.diagnostics import group_gradient_noise as _noise
 from ibpo_lightning.losses import PolicyLoss
 from ibpo_lightning.module import PolicyModule
 from tests.helpers import batch_of, traj
+
+
+def group_gradient_noise(module, batch, rows):
+    return _noise(module.scorer, module.loss, batch, rows)
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,10 @@
 """A ``LightningDataModule`` that streams freshly sampled trajectory groups.
 
 Each item of the training stream is one whole :class:`RolloutBatch` (one RL step), produced on
-demand: prompts -> rollout engine -> rewards -> estimator ``plan`` -> collate. The stream has a
-length, so Lightning does not fetch a batch ahead of the optimizer step (which would make every
-batch one policy version stale); the module checks ``batch.policy_version`` to prove it.
+demand by ``next_batch``: prompts -> sampler -> rewards -> estimator ``plan`` -> collate. The
+stream has a length, so Lightning does not fetch a batch ahead of the optimizer step (which
+would make every batch one policy version stale); the module checks ``batch.policy_version``.
+The sampler and the estimator are handed over once, by ``connect`` (see ``wiring.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, IterableDataset
 
 from ibpo_lightning.estimators.base import Estimator
-from ibpo_lightning.rollout.callback import RolloutCallback, find_callback
+from ibpo_lightning.rollout.sampler import Sampler
 from ibpo_lightning.tasks.base import Problem, Task
 from ibpo_lightning.types import RolloutBatch
 
@@ -85,23 +86,28 @@ class RLDataModule(LightningDataModule):
             raise ValueError(f"data.steps must be >= 1, got {steps}")
         self.task, self.prompts_per_step, self.steps = task, prompts_per_step, steps
         self.val_batch_size, self.seed = val_batch_size, seed
-        self.sampler = PromptSampler(len(task.train_problems()), seed)
+        self.order = PromptSampler(len(task.train_problems()), seed)
+        self.sampler: Sampler | None = None
+        self.estimator: Estimator | None = None
 
-    def _parts(self) -> tuple[RolloutCallback, Estimator]:
-        rollout = find_callback(self.trainer, RolloutCallback)
-        estimator = find_callback(self.trainer, Estimator)
-        if rollout is None:
-            raise ValueError("no RolloutCallback configured (the CLI adds one under `rollout:`)")
-        if estimator is None:
-            raise ValueError("no estimator configured: set `estimator: {class_path: ibpo_lightning.estimators.GRPO}`")
-        return rollout, estimator
+    def setup(self, stage: str) -> None:
+        from ibpo_lightning.wiring import connect  # the wiring imports this module
+
+        connect(self.trainer, stage)  # the one place the run's parts are handed to each other
+
+    def connect(self, sampler: Sampler, estimator: Estimator | None) -> None:
+        """The sampler that generates and the estimator that plans each step's batch (None when
+        only evaluating)."""
+        self.sampler, self.estimator = sampler, estimator
+        if estimator is not None:
+            estimator.problem_source = self.draw_problems
 
     def draw_problems(self, k: int) -> list[Problem]:
         """The next ``k`` training problems of the checkpointed prompt order; estimators that need
         more prompts than ``prompts_per_step`` (DAPO's dynamic sampling) draw them here."""
         problems = self.task.train_problems()
         replicas, rank = self._data_parallel()
-        return [problems[i] for i in self.sampler.take(k * replicas)[rank::replicas]]
+        return [problems[i] for i in self.order.take(k * replicas)[rank::replicas]]
 
     def _data_parallel(self) -> tuple[int, int]:
         """(data-parallel ranks, this rank); every rank draws the same global prompts and keeps its share."""
@@ -110,20 +116,17 @@ class RLDataModule(LightningDataModule):
 
     def next_batch(self) -> RolloutBatch:
         """Sample, score and plan one RL step's batch with the current policy."""
-        rollout, estimator = self._parts()
-        batch = rollout.sample_groups(self.draw_problems(self.prompts_per_step), self.task.system_prompt)
+        batch = self.sampler.sample_groups(self.draw_problems(self.prompts_per_step), self.task.system_prompt)
         start = time.perf_counter()
-        scores = self.task.score([t.response_text for t in batch.trajectories],
-                                 [batch.answers[t.group] for t in batch.trajectories])
-        for t, r in zip(batch.trajectories, scores):
-            t.reward = float(r)
+        fresh, batch.trajectories = batch.trajectories, []
+        batch.add_scored(fresh, self.task)
         batch.stats["time/reward"] = time.perf_counter() - start
         start = time.perf_counter()
-        estimator.plan(batch, rollout, self.task)
+        self.estimator.plan(batch, self.sampler, self.task)
         batch.stats["time/estimator"] = time.perf_counter() - start
-        for kind, count in rollout.tokens_by_kind.items():
+        for kind, count in self.sampler.tokens_by_kind.items():
             batch.stats[f"tokens/{kind}"] = float(count)
-        return batch.collate(rollout.tokenizer.pad_token_id)
+        return batch.collate(self.sampler.tokenizer.pad_token_id)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(RolloutStream(self), batch_size=None, num_workers=0)
@@ -132,8 +135,13 @@ class RLDataModule(LightningDataModule):
         held_out: list[Problem] = list(self.task.heldout_problems())
         return DataLoader(held_out, batch_size=self.val_batch_size, num_workers=0, collate_fn=list)
 
+    def test_dataloader(self) -> DataLoader:
+        """The task's test split where it has one, else its held-out split."""
+        problems: list[Problem] = list(self.task.test_problems())
+        return DataLoader(problems, batch_size=self.val_batch_size, num_workers=0, collate_fn=list)
+
     def state_dict(self) -> dict:
-        return {"sampler": self.sampler.state_dict()}
+        return {"sampler": self.order.state_dict()}  # key kept: checkpoints of earlier versions load
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.sampler.load_state_dict(state_dict["sampler"])
+        self.order.load_state_dict(state_dict["sampler"])

@@ -22,14 +22,15 @@ import time
 import torch
 
 
-def group_gradient_noise(module, batch, rows: list[int]) -> dict[str, float]:
-    """Gradient noise statistics of ``batch`` over the groups of ``rows`` (see module docstring).
+def group_gradient_noise(scorer, loss_fn, batch, rows: list[int]) -> dict[str, float]:
+    """Gradient noise statistics of ``batch`` over the groups of ``rows`` (see module docstring),
+    scored through ``scorer`` with the policy-gradient loss ``loss_fn``.
 
     Leaves the policy's ``.grad`` cleared; needs at least two groups. Also returns
     ``time/grad_noise``, the seconds it took.
     """
     start = time.perf_counter()
-    params = [p for p in module.policy.parameters() if p.requires_grad]
+    params = [p for p in scorer.model("policy").parameters() if p.requires_grad]
     groups = batch.groups_of(rows)
     total = [torch.zeros_like(p, dtype=torch.float32) for p in params]
     square_sum = 0.0
@@ -38,9 +39,9 @@ def group_gradient_noise(module, batch, rows: list[int]) -> dict[str, float]:
             p.grad = None
         weights = batch.loss_weights[group]
         if bool(batch.advantages[group].any()):
-            logp, _, width = module._logprobs(module.policy, batch, group)
+            logp, _, width = scorer.logprobs(batch, group)
             w, adv = weights[:, :width], batch.advantages[group, :width]
-            loss, _ = module.loss(logp, logp.detach(), adv, w, module.loss.normaliser(weights))
+            loss, _ = loss_fn(logp, logp.detach(), adv, w, loss_fn.normaliser(weights))
             loss.backward()
         for p, acc in zip(params, total):
             if p.grad is not None:

@@ -4,12 +4,12 @@ The public record is the abstract and third-party summaries: trajectory segmenta
 information-theoretic step attribution ("mutual information surrogate"), a factorised reward
 over steps, attribution-driven entropy regulation and a two-stage difficulty curriculum. No
 equation, hyperparameter or code is public, so **every formula below is a reconstruction**
-(``../shared/reference/estimators.md`` §3.3), each behind a switch:
+(see ``docs/estimators.md``), each behind a switch:
 
 1. Segmentation (``plan``): steps end at ``step_delimiter``; ``dynamic_cuts`` more steps start
    at each response's most surprising tokens (highest -log pi_old); at most ``max_steps``.
-2. Attribution (``attribution: answer_logprob``): one teacher-forced, no-grad forward pass per
-   step boundary, L_k = log pi(a* | x, s_<=k, cue), a* the reference answer after
+2. Attribution (``attribution: answer_logprob``, in ``prepare``): one teacher-forced, no-grad
+   forward pass of the current policy per step boundary, through the scorer, L_k = log pi(a* | x, s_<=k, cue), a* the reference answer after
    ``answer_cue``; c_k = L_k - L_{k-1} is the information step k adds about the answer.
 3. Factorised step credit: A_i,t = Â_i * max(0, 1 + eta * sign(Â_i) * z_k(t)), z the
    within-trajectory z-score of c, Â_i GRPO's group-normalised reward.
@@ -35,7 +35,6 @@ from ibpo_lightning.estimators.base import Estimator
 from ibpo_lightning.estimators.functional import (
     attribution_factors, broadcast_to_tokens, group_normalise, step_of_tokens, zscore)
 from ibpo_lightning.estimators.segments import segment, thin
-from ibpo_lightning.losses import token_logprobs
 from ibpo_lightning.types import RolloutBatch
 
 
@@ -61,6 +60,8 @@ class ACPO(Estimator):
         normalize_std: divide by the group std (GRPO); off gives Dr.GRPO's centring.
         eps: added to the std.
     """
+
+    name = "acpo"
 
     def __init__(
         self,
@@ -96,6 +97,7 @@ class ACPO(Estimator):
         self.stage1_band, self.stage2_band = tuple(stage1_band), tuple(stage2_band)
         self.curriculum_switch_step, self.confidence_weighting = curriculum_switch_step, confidence_weighting
         self.correct_threshold, self.normalize_std, self.eps = correct_threshold, normalize_std, eps
+        self.tokenizer = None
         self.step_scores: dict[int, list[float]] | None = None
         """Attribution c_k of each trained row's steps for the current batch (row -> K values)."""
 
@@ -106,25 +108,19 @@ class ACPO(Estimator):
         cuts |= set(sorted(range(1, len(token_ids)), key=lambda t: logprobs[t])[: self.dynamic_cuts])
         return thin(tuple(sorted(cuts)), None if self.max_steps is None else self.max_steps - 1)
 
-    def plan(self, batch, rollout, task) -> None:
+    def plan(self, batch, sampler, task) -> None:
+        self.tokenizer = sampler.tokenizer  # the probes of ``prepare`` encode the answer with it
         for t in batch.trajectories:
-            t.step_boundaries = self.boundaries(rollout.tokenizer, t.response_ids, t.logprobs)
-        batch.stats["acpo/steps_mean"] = sum(len(t.step_boundaries) + 1 for t in batch.trajectories) / max(len(batch), 1)
+            t.step_boundaries = self.boundaries(sampler.tokenizer, t.response_ids, t.logprobs)
+        batch.stats[f"{self.name}/steps_mean"] = sum(len(t.step_boundaries) + 1 for t in batch.trajectories) / max(len(batch), 1)
 
-    # -- attribution: extra forward passes with the current policy -----------------------------
-    def on_train_batch_start(self, trainer, pl_module, batch: RolloutBatch, batch_idx: int) -> None:
-        if self.attribution == "answer_logprob":
-            policy, was_training = pl_module.policy, pl_module.policy.training
-            policy.eval()  # no dropout in the probes
-            self.step_scores = self.attribute(batch, policy, pl_module.tokenizer, pl_module.micro_batch_size,
-                                              pl_module.temperature())
-            policy.train(was_training)
-        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+    # -- attribution: extra forward passes of the current policy, through the scorer ------------
+    def prepare(self, batch: RolloutBatch, scorer) -> None:
+        self.step_scores = self.attribute(batch, scorer) if self.attribution == "answer_logprob" else None
 
-    @torch.no_grad()
-    def attribute(self, batch: RolloutBatch, model, tokenizer, chunk: int = 16,
-                  temperature: float = 1.0) -> dict[int, list[float]]:
+    def attribute(self, batch: RolloutBatch, scorer) -> dict[int, list[float]]:
         """c_k = L_k - L_{k-1} for every trained row, L_k the answer's log-prob after step k."""
+        tokenizer = self.tokenizer
         cue = tokenizer.encode(self.answer_cue, add_special_tokens=False)
         probes, owners = [], []
         for i, t in enumerate(batch.trajectories):
@@ -134,21 +130,8 @@ class ACPO(Estimator):
             for end in (0, *t.step_boundaries, len(t.response_ids)):
                 probes.append((t.prompt_ids + t.response_ids[:end] + cue, answer))
                 owners.append(i)
-        device = batch.input_ids.device
-        totals: list[float] = []
-        for start in range(0, len(probes), chunk):
-            part = probes[start : start + chunk]
-            width = max(len(c) + len(a) for c, a in part)
-            ids = torch.full((len(part), width), tokenizer.pad_token_id, dtype=torch.long)
-            attn, score = torch.zeros_like(ids), torch.zeros((len(part), width))
-            for r, (context, answer) in enumerate(part):
-                ids[r, : len(context) + len(answer)] = torch.tensor(context + answer)
-                attn[r, : len(context) + len(answer)] = 1
-                score[r, len(context) : len(context) + len(answer)] = 1.0
-            logp, _ = token_logprobs(model, ids.to(device), attn.to(device), score.to(device), temperature)
-            totals.extend(logp.float().sum(-1).tolist())
         levels: dict[int, list[float]] = {}
-        for i, total in zip(owners, totals):
+        for i, total in zip(owners, scorer.sequences(probes)):
             levels.setdefault(i, []).append(total)
         return {i: [b - a for a, b in zip(v, v[1:])] for i, v in levels.items()}
 
@@ -187,7 +170,7 @@ class ACPO(Estimator):
             if regulate:
                 crucial = (z.abs() >= self.crucial_z)[steps] if scores else torch.ones_like(steps, dtype=torch.bool)
                 adv[i, span] += self.entropy_coef * (surprisal[i, span] - entropy) * crucial * weights[i, span]
-        batch.stats.update({"acpo/stage": 2.0 if stage2 else 1.0, "acpo/entropy": entropy,
-                            "acpo/entropy_regulated": float(regulate),
-                            "acpo/in_band_fraction": float(in_band[rows].float().mean()) if rows.any() else 0.0})
+        batch.stats.update({f"{self.name}/stage": 2.0 if stage2 else 1.0, f"{self.name}/entropy": entropy,
+                            f"{self.name}/entropy_regulated": float(regulate),
+                            f"{self.name}/in_band_fraction": float(in_band[rows].float().mean()) if rows.any() else 0.0})
         return adv, weights

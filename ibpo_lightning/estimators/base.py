@@ -1,17 +1,23 @@
-"""The estimator contract: a Lightning callback with two hooks.
+"""The estimator contract: a Lightning callback with declared hooks, called by the RL step.
 
-* ``plan(batch, rollout, task)``: optional; ask the rollout engine for extra generations
-  (revisions, reset suffixes, Monte-Carlo probes), score them with the task and append them to
-  the batch as linked :class:`~ibpo_lightning.types.Trajectory` rows. Runs in the data stream,
-  before the batch is collated.
-* ``assign(batch) -> (advantages [N, L], loss_weights [N, L])``: per-token credit. Runs in
-  ``on_train_batch_start``, so the module's ``training_step`` sees the filled batch.
+* ``plan(batch, sampler, task)``: optional; ask the sampler for extra generations (revisions,
+  reset suffixes, Monte-Carlo probes), score them with the task and append them to the batch as
+  linked :class:`~ibpo_lightning.types.Trajectory` rows. Runs in the data stream, before the
+  batch is collated.
+* ``needs_reference``: whether ``assign`` reads ``batch.ref_logprobs``; the module then builds
+  the frozen reference and fills them once per step, through its scorer.
+* ``prepare(batch, scorer)``: optional; extra forward passes, only through the
+  :class:`~ibpo_lightning.training.scorer.Scorer` (which makes them safe under every strategy).
+* ``assign(batch) -> (advantages [N, L], loss_weights [N, L])``: per-token credit.
+
+``prepare`` and ``assign`` run at the start of the module's ``training_step``. An estimator
+never touches a model or another component directly.
 """
 
 from __future__ import annotations
 
-import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -20,28 +26,34 @@ from lightning.pytorch import Callback
 from ibpo_lightning.types import RolloutBatch
 
 if TYPE_CHECKING:
-    from ibpo_lightning.rollout.callback import RolloutCallback
-    from ibpo_lightning.tasks.base import Task
+    from ibpo_lightning.rollout.sampler import Sampler
+    from ibpo_lightning.tasks.base import Problem, Task
+    from ibpo_lightning.training.scorer import Scorer
 
 
 class Estimator(Callback, ABC):
     """Base class of advantage estimators; subclasses implement ``assign`` (and maybe ``plan``)."""
 
+    name: str = "estimator"
+    """Prefix of the estimator's own metrics (``<name>/...``)."""
+
     group_relative: bool = True
     """Whether the method compares samples of one prompt (then a group needs >= 2 samples)."""
 
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        from ibpo_lightning.rollout.callback import find_callback, RolloutCallback
+    problem_source: Callable[[int], list["Problem"]] | None = None
+    """Draws the next k training problems of the run's prompt order; set by the wiring, for
+    estimators that sample groups of their own (DAPO's dynamic sampling)."""
 
-        rollout = find_callback(trainer, RolloutCallback)
-        if self.group_relative and rollout is not None and rollout.group_size < 2:
-            raise ValueError(
-                f"rollout.group_size={rollout.group_size}: {type(self).__name__} compares samples "
-                "of the same prompt and needs a group size of at least 2"
-            )
+    @property
+    def needs_reference(self) -> bool:
+        """Whether ``assign`` reads ``batch.ref_logprobs`` (the frozen reference's log-probs)."""
+        return False
 
-    def plan(self, batch: RolloutBatch, rollout: "RolloutCallback", task: "Task") -> None:
+    def plan(self, batch: RolloutBatch, sampler: "Sampler", task: "Task") -> None:
         """Add extra rollouts to ``batch``; the default asks for none."""
+
+    def prepare(self, batch: RolloutBatch, scorer: "Scorer") -> None:
+        """Extra forward passes before ``assign``, through ``scorer``; the default runs none."""
 
     @abstractmethod
     def assign(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,8 +75,3 @@ class Estimator(Callback, ABC):
         out = torch.zeros_like(batch.rewards)
         out[rows] = fn(batch.rewards[rows], batch.group_ids[rows])
         return out
-
-    def on_train_batch_start(self, trainer, pl_module, batch: RolloutBatch, batch_idx: int) -> None:
-        start = time.perf_counter()
-        batch.advantages, batch.loss_weights = self.assign(batch)
-        batch.stats["time/estimator"] = batch.stats.get("time/estimator", 0.0) + time.perf_counter() - start

@@ -23,14 +23,13 @@ recipe (the paper's ablation also stacks it).
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 
 from ibpo_lightning.estimators.base import Estimator
 from ibpo_lightning.estimators.functional import broadcast_to_tokens, group_normalise, overlong_penalty
 from ibpo_lightning.tasks.base import Problem
-from ibpo_lightning.types import Kind, RolloutBatch, Trajectory
+from ibpo_lightning.types import GenerationKind, RolloutBatch, Trajectory
 
 
 class DAPO(Estimator):
@@ -50,6 +49,8 @@ class DAPO(Estimator):
         normalize_std: divide by the group std of the shaped reward.
         eps: added to the std.
     """
+
+    name = "dapo"
 
     def __init__(
         self,
@@ -78,56 +79,41 @@ class DAPO(Estimator):
         self.overlong_buffer, self.overlong_buffer_fraction = overlong_buffer, overlong_buffer_fraction
         self.overlong_penalty, self.max_length = overlong_penalty, max_length
         self.normalize_std, self.eps = normalize_std, eps
-        self.problem_source: Callable[[int], list[Problem]] | None = None
-        """Draws the next k training problems; set from the data module's ``draw_problems``."""
-
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        datamodule = getattr(trainer, "datamodule", None)
-        if self.problem_source is None and hasattr(datamodule, "draw_problems"):
-            self.problem_source = datamodule.draw_problems
 
     # -- plan: dynamic sampling ----------------------------------------------------------------
     @staticmethod
     def varied_groups(batch: RolloutBatch) -> list[int]:
         """Groups whose fresh samples' rewards are not all equal, in group order."""
-        rewards: dict[int, list[float]] = {}
-        for t in batch.trajectories:
-            if t.kind == Kind.FRESH:
-                rewards.setdefault(t.group, []).append(t.reward)
+        rewards = {g: [batch.trajectories[i].reward for i in rows] for g, rows in batch.fresh_groups().items()}
         return sorted(g for g, r in rewards.items() if max(r) > min(r))
 
-    def plan(self, batch, rollout, task) -> None:
+    def plan(self, batch, sampler, task) -> None:
         if self.max_length is None:
-            self.max_length = rollout.max_new_tokens
+            self.max_length = sampler.max_new_tokens
         if not self.dynamic_sampling:
             return
         if self.problem_source is None:
-            raise ValueError("DAPO.dynamic_sampling needs a data module with draw_problems(k) to draw more prompts")
+            raise ValueError("DAPO.dynamic_sampling needs a problem_source (the data module's draw_problems, set when the run is wired)")
         target, rounds = len(batch.problems), 0
         while (missing := target - len(self.varied_groups(batch))) > 0 and rounds < self.max_resample_rounds:
-            self._sample_more(batch, self.problem_source(missing * self.oversample), rollout, task)
+            self._sample_more(batch, self.problem_source(missing * self.oversample), sampler, task)
             rounds += 1
         varied = self.varied_groups(batch)[:target]
-        batch.stats.update({"dapo/groups_drawn": float(len(batch.problems)), "dapo/groups_kept": float(len(varied)),
-                            "dapo/resample_rounds": float(rounds)})
+        batch.stats.update({f"{self.name}/groups_drawn": float(len(batch.problems)),
+                            f"{self.name}/groups_kept": float(len(varied)), f"{self.name}/resample_rounds": float(rounds)})
         _keep_groups(batch, varied or list(range(target)))
 
     @staticmethod
-    def _sample_more(batch: RolloutBatch, problems: list[Problem], rollout, task) -> None:
+    def _sample_more(batch: RolloutBatch, problems: list[Problem], sampler, task) -> None:
         """Sample and score one fresh group per problem and append them as new groups."""
-        prompts = [rollout.encode(p.prompt, task.system_prompt) for p in problems]
-        groups = rollout.generate(prompts, rollout.group_size, kind="resample")
-        texts = [s.text for g in groups for s in g]
-        rewards = iter(task.score(texts, [p.answer for p, g in zip(problems, groups) for _ in g]))
+        prompts = [sampler.encode(p.prompt, task.system_prompt) for p in problems]
+        groups = sampler.generate(prompts, sampler.group_size, kind=GenerationKind.RESAMPLE)
+        rows = []
         for p, prompt, samples in zip(problems, prompts, groups):
-            group = len(batch.problems)
+            rows += [Trajectory.from_sample(prompt, p.prompt, s, group=len(batch.problems)) for s in samples]
             batch.problems.append(p.prompt)
             batch.answers.append(p.answer)
-            batch.trajectories.extend(
-                Trajectory(prompt_ids=prompt, response_ids=s.token_ids, logprobs=s.logprobs, prompt_text=p.prompt,
-                           response_text=s.text, group=group, finished=s.finished, reward=float(next(rewards)))
-                for s in samples)
+        batch.add_scored(rows, task)
 
     # -- assign ------------------------------------------------------------------------------
     def buffer_tokens(self) -> int:
@@ -148,14 +134,14 @@ class DAPO(Estimator):
             lengths = torch.tensor([len(t.response_ids) for t in batch.trajectories], device=rewards.device)
             penalty = overlong_penalty(lengths, self.max_length or 0, self.buffer_tokens(), self.overlong_penalty)
             rewards = rewards + penalty
-            batch.stats["dapo/overlong_penalty_mean"] = float(penalty.mean())
+            batch.stats[f"{self.name}/overlong_penalty_mean"] = float(penalty.mean())
         rows = self.trained_rows(batch)
         adv = torch.zeros_like(rewards)
         adv[rows] = group_normalise(rewards[rows], batch.group_ids[rows], divide_by_std=self.normalize_std, eps=self.eps)
         if self.overlong_filtering:
             truncated = torch.tensor([not t.finished for t in batch.trajectories], device=weights.device)
             weights = weights * (~truncated).unsqueeze(-1)
-            batch.stats["dapo/filtered_truncated"] = float((truncated & rows).sum())
+            batch.stats[f"{self.name}/filtered_truncated"] = float((truncated & rows).sum())
         return broadcast_to_tokens(adv, weights), weights
 
 

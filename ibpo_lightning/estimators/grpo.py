@@ -22,6 +22,8 @@ class GRPO(Estimator):
         eps: added to the std before dividing.
     """
 
+    name = "grpo"
+
     def __init__(self, normalize_std: bool = True, eps: float = 1e-6) -> None:
         self.normalize_std, self.eps = normalize_std, eps
 

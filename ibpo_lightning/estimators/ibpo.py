@@ -26,7 +26,7 @@ import torch
 from ibpo_lightning.estimators.base import Estimator
 from ibpo_lightning.estimators.functional import group_normalise, levenshtein_kept
 from ibpo_lightning.estimators.segments import segment
-from ibpo_lightning.types import Kind, RolloutBatch, Trajectory
+from ibpo_lightning.types import GenerationKind, Kind, RolloutBatch, Trajectory
 
 REPAIR_PROMPT = (
     "{problem}\n\nAttempt A:\n{attempt}\n\nAttempt B:\n{reference}\n\n"
@@ -60,6 +60,8 @@ class IBPO(Estimator):
         eps: added to the std.
         seed: seed of reference choice and capping.
     """
+
+    name = "ibpo"
 
     def __init__(
         self,
@@ -112,29 +114,25 @@ class IBPO(Estimator):
     def repair_pairs(self, batch: RolloutBatch) -> list[tuple[int, int]]:
         """(wrong row, reference row) pairs to repair, capped per group."""
         correct = [t.reward >= self.correct_threshold for t in batch.trajectories]
-        groups: dict[int, list[int]] = {}
-        for i, t in enumerate(batch.trajectories):
-            if t.kind == Kind.FRESH:
-                groups.setdefault(t.group, []).append(i)
         pairs = []
-        for rows in groups.values():
+        for rows in batch.fresh_groups().values():
             group_pairs = [(i, r) for i in rows if not correct[i] for r in self.references(i, rows, correct)]
             if self.max_repairs_per_group is not None and len(group_pairs) > self.max_repairs_per_group:
                 group_pairs = self.rng.sample(group_pairs, self.max_repairs_per_group)
             pairs.extend(group_pairs)
         return pairs
 
-    def plan(self, batch, rollout, task) -> None:
+    def plan(self, batch, sampler, task) -> None:
         pairs = self.repair_pairs(batch)
         trajs = batch.trajectories
         if self.mask_granularity == "step":
             for t in trajs:
-                t.step_boundaries = segment(rollout.tokenizer, t.response_ids, self.step_delimiter)
+                t.step_boundaries = segment(sampler.tokenizer, t.response_ids, self.step_delimiter)
         if not pairs:
-            batch.stats.update({"ibpo/revisions": 0.0, "ibpo/revisions_correct": 0.0})
+            batch.stats.update({f"{self.name}/revisions": 0.0, f"{self.name}/revisions_correct": 0.0})
             return
         prompts = [
-            rollout.encode(
+            sampler.encode(
                 self.repair_prompt.format(
                     problem=batch.problems[trajs[i].group],
                     attempt=trajs[i].response_text.strip(),
@@ -144,17 +142,12 @@ class IBPO(Estimator):
             )
             for i, r in pairs
         ]
-        samples = [s[0] for s in rollout.generate(prompts, 1, temperature=self.revision_temperature, kind="revision")]
-        answers = [batch.answers[trajs[i].group] for i, _ in pairs]
-        rewards = task.score([s.text for s in samples], answers)
-        for (i, _), prompt, sample, reward in zip(pairs, prompts, samples, rewards):
-            trajs.append(Trajectory(
-                prompt_ids=prompt, response_ids=sample.token_ids, logprobs=sample.logprobs,
-                prompt_text="", response_text=sample.text, group=trajs[i].group,
-                finished=sample.finished, reward=float(reward), kind=Kind.REVISION, parent=i, trained=False,
-            ))
-        batch.stats["ibpo/revisions"] = float(len(pairs))
-        batch.stats["ibpo/revisions_correct"] = float(sum(r >= self.correct_threshold for r in rewards))
+        samples = sampler.generate(prompts, 1, temperature=self.revision_temperature, kind=GenerationKind.REVISION)
+        revisions = [Trajectory.from_sample(prompt, "", s[0], group=trajs[i].group, kind=Kind.REVISION, parent=i,
+                                            trained=False) for (i, _), prompt, s in zip(pairs, prompts, samples)]
+        rewards = batch.add_scored(revisions, task)
+        batch.stats[f"{self.name}/revisions"] = float(len(pairs))
+        batch.stats[f"{self.name}/revisions_correct"] = float(sum(r >= self.correct_threshold for r in rewards))
 
     # -- assign: shaped group advantage times the edit mask ----------------------------------
     def edit_mask(self, wrong: Trajectory, repairs: list[Trajectory]) -> list[float]:
@@ -193,9 +186,9 @@ class IBPO(Estimator):
         rows = self.trained_rows(batch)
         adv = torch.zeros_like(shaped)
         adv[rows] = group_normalise(shaped[rows], batch.group_ids[rows], divide_by_std=self.normalize_std, eps=self.eps)
-        batch.stats["ibpo/phi_mean"] = float(phi[rows].mean()) if rows.any() else 0.0
-        batch.stats["ibpo/repaired_samples"] = float(len(edited_fractions))
-        batch.stats["ibpo/edited_token_fraction"] = (  # 0 when no repair succeeded this step
+        batch.stats[f"{self.name}/phi_mean"] = float(phi[rows].mean()) if rows.any() else 0.0
+        batch.stats[f"{self.name}/repaired_samples"] = float(len(edited_fractions))
+        batch.stats[f"{self.name}/edited_token_fraction"] = (  # 0 when no repair succeeded this step
             sum(edited_fractions) / len(edited_fractions) if edited_fractions else 0.0)
         return adv.unsqueeze(-1) * token_mask * weights.gt(0), weights
 

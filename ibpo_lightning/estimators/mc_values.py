@@ -30,8 +30,8 @@ import torch
 
 from ibpo_lightning.estimators.base import Estimator
 from ibpo_lightning.estimators.functional import value_differences
-from ibpo_lightning.estimators.segments import continuation, continue_prefixes, segment, thin
-from ibpo_lightning.types import Kind, RolloutBatch
+from ibpo_lightning.estimators.segments import continuation, segment, thin
+from ibpo_lightning.types import GenerationKind, Kind, RolloutBatch
 
 
 class VinePPO(Estimator):
@@ -82,8 +82,8 @@ class VinePPO(Estimator):
             cuts = {i: thin(c, keep) for i, c in cuts.items()}
         return cuts
 
-    def plan(self, batch, rollout, task) -> None:
-        trajs, tok = batch.trajectories, rollout.tokenizer
+    def plan(self, batch, sampler, task) -> None:
+        trajs, tok = batch.trajectories, sampler.tokenizer
         rows = batch.rows(lambda t: t.kind == Kind.FRESH and t.trained)
         cuts = self.boundaries(batch, rows, tok)
         items = [(i, b, i) for i in rows for b in cuts[i]]  # (source row, prefix length, parent)
@@ -91,18 +91,14 @@ class VinePPO(Estimator):
             items += [(g[0], 0, -1) for g in batch.groups_of(rows)]
         for i in rows:
             trajs[i].step_boundaries = cuts[i]
-        samples = continue_prefixes(rollout, [trajs[i].prompt_ids for i, _, _ in items],
+        samples = sampler.continue_prefixes([trajs[i].prompt_ids for i, _, _ in items],
                                     [trajs[i].response_ids[:b] for i, b, _ in items], self.n_probes,
-                                    kind=Kind.PROBE.name.lower(), temperature=self.probe_temperature)
+                                    kind=GenerationKind.PROBE, temperature=self.probe_temperature)
         probes = []
         for (i, b, parent), group in zip(items, samples):
             probes += [continuation(tok, trajs[i], b, s, kind=Kind.PROBE, parent=parent, trained=False)
                        for s in group]
-        answers = [batch.answers[t.group] for t in probes]
-        rewards = task.score([t.response_text for t in probes], answers) if probes else []
-        for t, r in zip(probes, rewards):
-            t.reward = float(r)
-        trajs.extend(probes)
+        batch.add_scored(probes, task)
         batch.stats[f"{self.name}/probes"] = float(len(probes))
         batch.stats[f"{self.name}/steps"] = sum(len(c) + 1 for c in cuts.values()) / max(len(cuts), 1)
 

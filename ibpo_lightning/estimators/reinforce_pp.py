@@ -10,10 +10,9 @@ token t (``kl_estimator``: k1 = log pi_old/pi_ref, the paper's), then
 weighted, unbiased std: verl's ``masked_whiten``). The loss is PPO-clip with token-mean
 aggregation and no KL term (``configs/estimators/reinforce_pp*.yaml``).
 
-KL in the reward needs reference log-probs, which the module computes only inside its training
-step. This estimator therefore runs its own no-grad forward pass of the module's frozen
-reference model in ``on_train_batch_start`` (when ``kl_coef > 0``) and takes pi_old from the
-engine's sampling log-probs. The alternative, KL in the loss, is ``estimator.kl_coef: 0`` with
+KL in the reward needs reference log-probs: with ``kl_coef > 0`` the estimator declares
+``needs_reference``, the module's scorer fills ``batch.ref_logprobs`` once per step (the same
+values a KL term in the loss would use), and pi_old is the engine's sampling log-probs. The alternative, KL in the loss, is ``estimator.kl_coef: 0`` with
 ``model.loss.kl_coef`` / ``model.loss.kl_estimator``.
 
 Chosen here (not from a paper): the baseline variant sums the token rewards to one score before
@@ -28,7 +27,7 @@ import torch
 
 from ibpo_lightning.estimators.base import Estimator
 from ibpo_lightning.estimators.functional import discounted_returns, group_mean_std, masked_whiten
-from ibpo_lightning.losses import kl_penalty, token_logprobs
+from ibpo_lightning.losses import kl_penalty
 from ibpo_lightning.losses.policy_gradient import KLEstimator
 from ibpo_lightning.types import RolloutBatch
 
@@ -63,25 +62,12 @@ class ReinforcePP(Estimator):
         self.group_baseline, self.kl_coef, self.kl_estimator = group_baseline, kl_coef, kl_estimator
         self.gamma, self.shift_mean, self.eps = gamma, shift_mean, eps
         self.group_relative = group_baseline  # plain REINFORCE++ works with groups of one
-        self.ref_logprobs: torch.Tensor | None = None
-        """[N, L] reference log-probs of the current batch (set before ``assign`` when kl_coef > 0)."""
 
-    def on_train_batch_start(self, trainer, pl_module, batch: RolloutBatch, batch_idx: int) -> None:
-        self.ref_logprobs = self.reference_logprobs(batch, pl_module) if self.kl_coef > 0 else None
-        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+    name = "reinforce_pp"
 
-    @torch.no_grad()
-    def reference_logprobs(self, batch: RolloutBatch, pl_module) -> torch.Tensor:
-        """log pi_ref of every trained response token, in micro-batches of whole groups."""
-        out = torch.zeros_like(batch.engine_logprobs)
-        rows = [i for i, t in enumerate(batch.trajectories) if t.trained]
-        for chunk in batch.group_chunks(rows, pl_module.micro_batch_size):
-            width = int(batch.attention_mask[chunk].sum(-1).max())
-            logp, _ = token_logprobs(pl_module.reference, batch.input_ids[chunk, :width],
-                                     batch.attention_mask[chunk, :width], batch.response_mask[chunk, :width],
-                                     pl_module.temperature())
-            out[chunk, :width] = logp.float()
-        return out
+    @property
+    def needs_reference(self) -> bool:
+        return self.kl_coef > 0
 
     def token_rewards(self, batch: RolloutBatch, mask: torch.Tensor) -> torch.Tensor:
         """r_t: the outcome on each row's last trained token, minus beta * KL_t on every token."""
@@ -91,9 +77,9 @@ class ReinforcePP(Estimator):
         rows = torch.nonzero(has).squeeze(-1)
         rewards[rows, last[rows]] = batch.rewards[rows]
         if self.kl_coef > 0:
-            if self.ref_logprobs is None:
-                raise ValueError("ReinforcePP.kl_coef > 0 but no reference log-probs were computed for this batch")
-            kl = kl_penalty(batch.engine_logprobs, self.ref_logprobs.to(mask.device), self.kl_estimator)
+            if batch.ref_logprobs is None:
+                raise ValueError("ReinforcePP.kl_coef > 0 but the batch carries no reference log-probs")
+            kl = kl_penalty(batch.engine_logprobs, batch.ref_logprobs, self.kl_estimator)
             rewards = rewards - self.kl_coef * kl * mask
             batch.stats["reinforce_pp/kl"] = float((kl * mask).sum() / mask.sum().clamp(min=1))
         return rewards

@@ -25,13 +25,14 @@ gives its 4 G1 rows + parent; thoughts are cut after generation (no stop strings
 from __future__ import annotations
 
 import random
+from abc import abstractmethod
 
 import torch
 
 from ibpo_lightning.estimators.base import Estimator
 from ibpo_lightning.estimators.functional import broadcast_to_tokens, zscore_within
-from ibpo_lightning.estimators.segments import continuation, continue_prefixes, segment
-from ibpo_lightning.types import Kind, RolloutBatch
+from ibpo_lightning.estimators.segments import continuation, segment
+from ibpo_lightning.types import GenerationKind, Kind, RolloutBatch
 
 
 class ResetEstimator(Estimator):
@@ -47,7 +48,6 @@ class ResetEstimator(Estimator):
         seed: seed of the random choices (RRPO's reset point, SRPO's fallback).
     """
 
-    name = "reset"
 
     def __init__(self, n_resets: int = 4, delimiter: str = "</thought>", train_parent: bool = False,
                  reset_temperature: float | None = None, correct_threshold: float = 1.0,
@@ -67,9 +67,9 @@ class ResetEstimator(Estimator):
         if "rng" in state_dict:
             self.rng.setstate(state_dict["rng"])
 
-    def reset_points(self, batch: RolloutBatch, parents: list[int], rollout, task) -> list[int]:
+    @abstractmethod
+    def reset_points(self, batch: RolloutBatch, parents: list[int], sampler, task) -> list[int]:
         """The reset thought N (1-based, within 1..thoughts) of each parent row."""
-        raise NotImplementedError
 
     def parents(self, batch: RolloutBatch) -> list[int]:
         """The first wrong fresh row of each group that has one."""
@@ -79,24 +79,21 @@ class ResetEstimator(Estimator):
             out += wrong[:1]
         return out
 
-    def plan(self, batch, rollout, task) -> None:
-        trajs, tok = batch.trajectories, rollout.tokenizer
+    def plan(self, batch, sampler, task) -> None:
+        trajs, tok = batch.trajectories, sampler.tokenizer
         parents = self.parents(batch)
         for i in parents:
             trajs[i].step_boundaries = segment(tok, trajs[i].response_ids, self.delimiter)
             trajs[i].trained = self.train_parent
-        points = self.reset_points(batch, parents, rollout, task) if parents else []
+        points = self.reset_points(batch, parents, sampler, task) if parents else []
         cuts = [(0, *trajs[i].step_boundaries)[n - 1] for i, n in zip(parents, points)]
-        samples = continue_prefixes(rollout, [trajs[i].prompt_ids for i in parents],
+        samples = sampler.continue_prefixes([trajs[i].prompt_ids for i in parents],
                                     [trajs[i].response_ids[:c] for i, c in zip(parents, cuts)], self.n_resets,
-                                    kind=Kind.RESET_SUFFIX.name.lower(), temperature=self.reset_temperature)
+                                    kind=GenerationKind.RESET_SUFFIX, temperature=self.reset_temperature)
         new = []
         for i, cut, group in zip(parents, cuts, samples):
             new += [continuation(tok, trajs[i], cut, s, kind=Kind.RESET_SUFFIX, parent=i) for s in group]
-        rewards = task.score([t.response_text for t in new], [batch.answers[t.group] for t in new]) if new else []
-        for t, r in zip(new, rewards):
-            t.reward = float(r)
-        trajs.extend(new)
+        rewards = batch.add_scored(new, task)
         batch.stats[f"{self.name}/resets"] = float(len(parents))
         fractions = [c / max(len(trajs[i].response_ids), 1) for i, c in zip(parents, cuts)]
         batch.stats[f"{self.name}/prefix_fraction"] = sum(fractions) / len(fractions) if fractions else 0.0
@@ -117,5 +114,5 @@ class RRPO(ResetEstimator):
 
     name = "rrpo"
 
-    def reset_points(self, batch, parents, rollout, task) -> list[int]:
+    def reset_points(self, batch, parents, sampler, task) -> list[int]:
         return [self.rng.randint(1, len(batch.trajectories[i].step_boundaries) + 1) for i in parents]

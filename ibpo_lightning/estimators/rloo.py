@@ -15,6 +15,8 @@ from ibpo_lightning.types import RolloutBatch
 class RLOO(Estimator):
     """Leave-one-out REINFORCE baseline (pair it with ``loss.ratio: none`` for the paper's loss)."""
 
+    name = "rloo"
+
     def assign(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
         weights = self.trained_mask(batch)
         return broadcast_to_tokens(self.per_trained_row(batch, leave_one_out), weights), weights

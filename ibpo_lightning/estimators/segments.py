@@ -1,5 +1,6 @@
-"""Steps of a response and continuations from a prefix: the plan-side helpers of the estimators
-that reset (SRPO, RRPO) or probe (VinePPO, SPO) at step boundaries.
+"""Steps of a response and rows continuing a prefix: the plan-side helpers of the estimators that
+reset (SRPO, RRPO) or probe (VinePPO, SPO) at step boundaries (the generation itself is
+``Sampler.continue_prefixes``).
 
 A boundary is a response-token offset where a step ends (the response end is never one), the
 convention of ``Trajectory.step_boundaries``. Segmenting works on the decoded text of each token,
@@ -9,13 +10,8 @@ larger token (``".\\n\\n"``) is still found.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ibpo_lightning.rollout.engine import Sample
 from ibpo_lightning.types import Trajectory
-
-if TYPE_CHECKING:
-    from ibpo_lightning.rollout.callback import RolloutCallback
 
 
 def delimiter_ends(token_texts: list[str], delimiter: str) -> tuple[int, ...]:
@@ -61,27 +57,6 @@ def segment(tokenizer, token_ids: list[int], delimiter: str | None, size: int | 
     if size is not None:
         return fixed_ends(len(token_ids), size)
     return delimiter_ends(token_texts(tokenizer, token_ids), delimiter)
-
-
-def continue_prefixes(
-    rollout: "RolloutCallback", prompts: list[list[int]], prefixes: list[list[int]], n: int, *,
-    kind: str, temperature: float | None = None,
-) -> list[list[Sample]]:
-    """``n`` continuations of each ``prompt + prefix`` through the rollout (counted as ``kind``).
-
-    Each continuation gets the budget left after its prefix (``rollout.max_new_tokens`` minus the
-    prefix length, at least 1), so a reset or probe is never longer than a fresh sample; prefixes
-    of equal length share one generate call.
-    """
-    budgets = [max(1, rollout.max_new_tokens - len(p)) for p in prefixes]
-    out: list[list[Sample] | None] = [None] * len(prompts)
-    for budget in sorted(set(budgets)):
-        idx = [i for i, b in enumerate(budgets) if b == budget]
-        got = rollout.generate([prompts[i] + prefixes[i] for i in idx], n, temperature=temperature,
-                               max_new_tokens=budget, kind=kind)
-        for i, samples in zip(idx, got):
-            out[i] = samples
-    return out
 
 
 def continuation(tokenizer, src: Trajectory, cut: int, sample: Sample, **fields) -> Trajectory:

@@ -15,7 +15,7 @@ import re
 from typing import Literal
 
 from ibpo_lightning.estimators.reset import ResetEstimator
-from ibpo_lightning.types import Kind, Trajectory
+from ibpo_lightning.types import GenerationKind, Trajectory
 
 LOCALISATION_PROMPT = (
     "{problem}\n\nHere is an attempted solution, split into numbered steps:\n\n{steps}\n\n"
@@ -74,15 +74,15 @@ class SRPO(ResetEstimator):
         return "\n".join(f"Step {k + 1}: {tokenizer.decode(traj.response_ids[a:b], skip_special_tokens=True).strip()}"
                          for k, (a, b) in enumerate(zip(cuts, cuts[1:])))
 
-    def reset_points(self, batch, parents, rollout, task) -> list[int]:
+    def reset_points(self, batch, parents, sampler, task) -> list[int]:
         trajs = batch.trajectories
         sizes = [len(trajs[i].step_boundaries) + 1 for i in parents]
         asked = [i for i, n in zip(parents, sizes) if n > 1]  # one thought: nothing to localise
-        prompts = [rollout.encode(self.localisation_prompt.replace("{problem}", batch.problems[trajs[i].group])
-                                  .replace("{steps}", self.steps_text(rollout.tokenizer, trajs[i]))) for i in asked]
-        answers = rollout.generate(prompts, 1, temperature=self.localisation_temperature,
+        prompts = [sampler.encode(self.localisation_prompt.replace("{problem}", batch.problems[trajs[i].group])
+                                  .replace("{steps}", self.steps_text(sampler.tokenizer, trajs[i]))) for i in asked]
+        answers = sampler.generate(prompts, 1, temperature=self.localisation_temperature,
                                    max_new_tokens=self.localisation_max_new_tokens,
-                                   kind=Kind.LOCALISATION.name.lower()) if prompts else []
+                                   kind=GenerationKind.LOCALISATION) if prompts else []
         named = {i: parse_step(a[0].text) for i, a in zip(asked, answers)}
         points = []
         for i, n in zip(parents, sizes):
@@ -90,6 +90,6 @@ class SRPO(ResetEstimator):
             if k is None:
                 k = {"first": 1, "last": n}.get(self.fallback) or self.rng.randint(1, n)
             points.append(max(1, min(k, n) - self.reset_offset))
-        batch.stats["srpo/localisation_parsed"] = (
+        batch.stats[f"{self.name}/localisation_parsed"] = (
             sum(v is not None for v in named.values()) / len(named) if named else 0.0)
         return points

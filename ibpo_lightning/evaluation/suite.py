@@ -1,6 +1,6 @@
 """Evaluation of named benchmarks: sample ``n`` answers per problem, verify, accumulate metrics.
 
-``PolicyModule`` owns one ``EvalSuite``: the datamodule task's held-out split is one benchmark,
+The ``Evaluation`` callback owns one ``EvalSuite``: the datamodule task's held-out split is one benchmark,
 each task in ``model.benchmarks`` another. Correctness is the task's ``verify`` where it has one
 (the answer check without shaping terms, see ``rewards.composite``), else ``score >= 1``.
 """
@@ -14,23 +14,23 @@ import torch
 
 from ibpo_lightning.evaluation.metrics import BenchmarkMetrics
 from ibpo_lightning.tasks.base import Problem, Task
+from ibpo_lightning.types import GenerationKind
 
 
 def correctness(task: Task, completions: list[str], answers: list[str]) -> list[bool]:
-    """Whether each completion answers right, without shaping terms."""
-    verify = getattr(task, "verify", None) or task.score
-    return [float(s) >= 1.0 for s in verify(completions, answers)]
+    """Whether each completion answers right, without shaping terms (``Task.verify``)."""
+    return [float(s) >= 1.0 for s in task.verify(completions, answers)]
 
 
-def sample_correctness(rollout, task: Task, problems: Sequence[Problem], samples: int,
+def sample_correctness(sampler, task: Task, problems: Sequence[Problem], samples: int,
                        temperature: float, max_new_tokens: int | None = None) -> torch.Tensor:
     """``[problems, samples]`` correctness of ``samples`` answers to each problem.
 
-    ``rollout`` is the ``RolloutCallback`` (its ``encode`` and ``generate``); temperature 0 is greedy.
+    ``sampler`` is the run's :class:`~ibpo_lightning.rollout.sampler.Sampler`; temperature 0 is greedy.
     """
-    prompts = [rollout.encode(p.prompt, task.system_prompt) for p in problems]
-    groups = rollout.generate(prompts, samples, temperature=temperature,
-                              max_new_tokens=max_new_tokens, kind="validation")
+    prompts = [sampler.encode(p.prompt, task.system_prompt) for p in problems]
+    groups = sampler.generate(prompts, samples, temperature=temperature,
+                              max_new_tokens=max_new_tokens, kind=GenerationKind.VALIDATION)
     completions = [s.text for group in groups for s in group]
     answers = [p.answer for p in problems for _ in range(samples)]
     right = correctness(task, completions, answers)
@@ -45,7 +45,7 @@ class EvalSuite(torch.nn.Module):
         samples: Samples per problem.
         pass_k: The k of each pass@k.
         temperature: Sampling temperature (0: greedy, then ``samples`` must be 1).
-        max_new_tokens: Response length limit (None: the rollout callback's).
+        max_new_tokens: Response length limit (None: the sampler's).
     """
 
     def __init__(self, names: Sequence[str], samples: int = 1, pass_k: Sequence[int] = (1,),
@@ -62,10 +62,10 @@ class EvalSuite(torch.nn.Module):
         self.metrics = torch.nn.ModuleDict({name: BenchmarkMetrics(samples, pass_k) for name in names})
         self.seconds = dict.fromkeys(names, 0.0)
 
-    def evaluate(self, rollout, name: str, task: Task, problems: Sequence[Problem]) -> torch.Tensor:
+    def evaluate(self, sampler, name: str, task: Task, problems: Sequence[Problem]) -> torch.Tensor:
         """Sample, verify and record ``problems`` under benchmark ``name``; their correctness."""
         start = time.perf_counter()
-        right = sample_correctness(rollout, task, problems, self.samples, self.temperature, self.max_new_tokens)
+        right = sample_correctness(sampler, task, problems, self.samples, self.temperature, self.max_new_tokens)
         self.metrics[name].update(right.to(self.metrics[name].mean.device))
         self.seconds[name] += time.perf_counter() - start
         return right

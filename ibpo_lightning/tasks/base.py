@@ -34,3 +34,15 @@ class Task(ABC):
     @abstractmethod
     def score(self, completions: list[str], answers: list[str]) -> list[float]:
         """Reward of each completion against the reference answer at the same index."""
+
+    def test_problems(self) -> Sequence[Problem]:
+        """Problems of the test split (``ibpo test``); by default the held-out split."""
+        return self.heldout_problems()
+
+    def verify(self, completions: list[str], answers: list[str]) -> list[float]:
+        """Correctness of each completion (1 right, 0 wrong) without shaping terms; by default
+        the reward itself."""
+        return self.score(completions, answers)
+
+    def close(self) -> None:
+        """Release what the task holds (a verifier's process pool); the default holds nothing."""

@@ -1,0 +1,125 @@
+"""The sampler: the one interface through which the data stream, estimators and evaluation generate.
+
+A plain object, no Lightning in it. It holds the rollout engine, the tokenizer and the sampling
+settings, encodes chat prompts, seeds each generate call, accounts generated tokens by kind, and
+knows which policy version the engine's weights are. ``RolloutCallback`` builds it, binds the
+engine to the policy and keeps the weights (and the versions) current; everything else only
+calls the methods below. A test fake implements the same methods.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+
+from ibpo_lightning.rollout.engine import RolloutEngine, Sample
+from ibpo_lightning.types import GenerationKind, RolloutBatch, Trajectory
+
+
+class Sampler:
+    """Generates with a rollout engine under one set of sampling settings.
+
+    ``policy_version`` is the trainer's version (it keys the seeds, so a resumed run samples
+    what the uninterrupted one would have); ``engine_version`` the version of the weights the
+    engine holds, the version every sampled batch carries.
+    """
+
+    def __init__(self, engine: RolloutEngine, group_size: int, max_new_tokens: int, temperature: float,
+                 top_p: float, seed: int | None, rank: int = 0) -> None:
+        self.engine, self.group_size, self.max_new_tokens = engine, group_size, max_new_tokens
+        self.temperature, self.top_p, self.seed, self.rank = temperature, top_p, seed, rank
+        self.tokenizer = None
+        self.context_length: int | None = None
+        """Longest prompt + response the policy takes (None: unknown)."""
+        self.policy_version = self.engine_version = 0
+        self.tokens_by_kind: dict[str, int] = {}
+        self.calls = 0
+
+    @property
+    def scoring_temperature(self) -> float:
+        """The temperature the trainer scores sampled tokens at (1 for greedy sampling)."""
+        return self.temperature if self.temperature > 0 else 1.0
+
+    @property
+    def bound(self) -> bool:
+        return self.tokenizer is not None
+
+    def bind(self, policy, tokenizer, version: int, rank: int = 0) -> None:
+        """Hand the engine the trainer's policy; refuse a length budget the model cannot hold."""
+        self.tokenizer, self.rank = tokenizer, rank
+        self.context_length = getattr(getattr(policy, "config", None), "max_position_embeddings", None)
+        if self.context_length is not None and self.max_new_tokens >= self.context_length:
+            raise ValueError(f"rollout.max_new_tokens={self.max_new_tokens} does not fit the model's context of "
+                             f"{self.context_length} positions (prompt included): lower it below {self.context_length}")
+        self.engine.bind(policy, tokenizer)
+        self.policy_version = self.engine_version = version
+
+    # -- generation ---------------------------------------------------------------------------
+    def encode(self, user_text: str, system_prompt: str | None = None) -> list[int]:
+        """Token ids of a chat prompt ending where the assistant's answer starts."""
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        messages.append({"role": "user", "content": user_text})
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+    def generate(self, prompts: list[list[int]], n: int, *, temperature: float | None = None,
+                 max_new_tokens: int | None = None, kind: str = GenerationKind.FRESH) -> list[list[Sample]]:
+        """``n`` samples per token prompt, counted under ``kind`` for compute accounting."""
+        budget = max_new_tokens or self.max_new_tokens
+        if self.context_length is not None:
+            longest = max((len(p) for p in prompts), default=0)
+            if longest + budget > self.context_length:
+                raise ValueError(f"a {kind} prompt of {longest} tokens plus rollout.max_new_tokens={budget} exceeds "
+                                 f"the model's context of {self.context_length} positions")
+        out = self.engine.generate(prompts, n, max_new_tokens=budget,
+                                   temperature=self.temperature if temperature is None else temperature,
+                                   top_p=self.top_p, seed=self._call_seed(kind))
+        produced = sum(len(s.token_ids) for group in out for s in group)
+        self.tokens_by_kind[kind] = self.tokens_by_kind.get(kind, 0) + produced
+        return out
+
+    def continue_prefixes(self, prompts: list[list[int]], prefixes: list[list[int]], n: int, *, kind: str,
+                          temperature: float | None = None) -> list[list[Sample]]:
+        """``n`` continuations of each ``prompt + prefix``.
+
+        Each continuation gets the budget left after its prefix (``max_new_tokens`` minus the
+        prefix length, at least 1), so a reset or probe is never longer than a fresh sample;
+        prefixes of equal length share one generate call.
+        """
+        budgets = [max(1, self.max_new_tokens - len(p)) for p in prefixes]
+        out: list[list[Sample] | None] = [None] * len(prompts)
+        for budget in sorted(set(budgets)):
+            idx = [i for i, b in enumerate(budgets) if b == budget]
+            got = self.generate([prompts[i] + prefixes[i] for i in idx], n, temperature=temperature,
+                                max_new_tokens=budget, kind=kind)
+            for i, samples in zip(idx, got):
+                out[i] = samples
+        return out
+
+    def _call_seed(self, kind: str) -> int | None:
+        """A seed that depends only on (seed, rank, policy version, kind, call number in this step)."""
+        if self.seed is None:
+            return None
+        self.calls += 1
+        key = f"{self.seed}:{self.rank}:{self.policy_version}:{kind}:{self.calls}".encode()
+        return int.from_bytes(hashlib.blake2b(key, digest_size=4).digest(), "little")
+
+    # -- one step's fresh groups -----------------------------------------------------------------
+    def sample_groups(self, problems: Sequence, system_prompt: str | None) -> RolloutBatch:
+        """One group of ``group_size`` fresh samples per problem (rewards not yet scored).
+
+        Starts a step: token accounting and call numbering restart, and the engine forgets its
+        prompt cache, so what a step samples depends on the weights and the step only.
+        """
+        start = time.perf_counter()
+        self.tokens_by_kind, self.calls = {}, 0
+        self.engine.reset_cache()
+        prompts = [self.encode(p.prompt, system_prompt) for p in problems]
+        groups = self.generate(prompts, self.group_size)
+        trajs = [Trajectory.from_sample(prompt, p.prompt, s, group=g)
+                 for g, (p, prompt, group) in enumerate(zip(problems, prompts, groups)) for s in group]
+        batch = RolloutBatch(trajs, policy_version=self.engine_version,
+                             problems=[p.prompt for p in problems], answers=[p.answer for p in problems])
+        batch.stats["time/generate"] = time.perf_counter() - start
+        return batch

@@ -1,0 +1,30 @@
+"""What one RL step logs about its batch: rewards of the fresh samples, lengths, advantages."""
+
+from __future__ import annotations
+
+import torch
+
+from ibpo_lightning.types import Kind, RolloutBatch
+
+
+def batch_metrics(batch: RolloutBatch) -> dict[str, float]:
+    """Reward, accuracy and length of the fresh samples; statistics of the advantages on the
+    tokens that carry loss weight; and the batch's own diagnostics (``batch.stats``)."""
+    fresh = batch.rows(lambda t: t.kind == Kind.FRESH)
+    rewards = batch.rewards[fresh]
+    lengths = torch.tensor([len(batch.trajectories[i].response_ids) for i in fresh], dtype=torch.float32)
+    mask = batch.loss_weights > 0
+    adv = batch.advantages[mask] if mask.any() else torch.zeros(1)
+    metrics = {
+        "train/reward_mean": float(rewards.mean()),
+        "train/reward_std": float(rewards.std()) if len(fresh) > 1 else 0.0,
+        "train/accuracy": float((rewards >= 1.0).float().mean()),
+        "train/response_length": float(lengths.mean()),
+        "train/truncated_fraction": sum(not batch.trajectories[i].finished for i in fresh) / len(fresh),
+        "train/adv_mean": float(adv.mean()),
+        "train/adv_std": float(adv.std()) if adv.numel() > 1 else 0.0,
+        "train/adv_abs_mean": float(adv.abs().mean()),
+        "train/adv_zero_fraction": float((adv == 0).float().mean()),
+    }
+    metrics.update(batch.stats)
+    return metrics

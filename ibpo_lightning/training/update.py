@@ -1,0 +1,124 @@
+"""The policy update of one RL step: PPO epochs x mini-batches over one rollout batch.
+
+Each optimizer update accumulates micro-batches of whole groups; the loss normaliser covers
+every rank's rows (gradients are averaged across ranks, so the update equals one process
+training on the whole batch). Rows whose every token has zero advantage add nothing to the
+gradient without a KL term: with ``loss.kl_coef == 0`` they get no forward or backward pass,
+though they still count in the normaliser. An update whose loss or gradient norm is not finite
+on any rank is skipped on every rank, counted and reported, never applied.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable
+
+import torch
+
+from ibpo_lightning.losses import LogprobMismatch, PolicyLoss, truncated_importance_weight
+from ibpo_lightning.training.scorer import Scorer
+from ibpo_lightning.types import RolloutBatch
+
+_MERGE = {"ratio_max": max, "ratio_min": min}
+_AVERAGED = ("kl", "clip_fraction", "entropy")
+
+
+class PolicyUpdate:
+    """Runs the optimizer updates of one rollout batch.
+
+    Args:
+        loss: the policy-gradient loss.
+        scorer: the scoring seam (policy and, for KL, reference log-probs).
+        backward: ``LightningModule.manual_backward`` (precision and strategy aware).
+        ppo_epochs: passes over the batch.
+        mini_batches: optimizer updates per pass.
+        max_grad_norm: clipping threshold (None: none; the norm is still reported).
+        tis_cap: truncation of the engine -> trainer importance ratio, applied when ``lag_corrected``.
+    """
+
+    def __init__(self, loss: PolicyLoss, scorer: Scorer, backward: Callable, ppo_epochs: int = 1,
+                 mini_batches: int = 1, max_grad_norm: float | None = 1.0, tis_cap: float = 2.0,
+                 lag_corrected: bool = False) -> None:
+        self.loss, self.scorer, self.backward = loss, scorer, backward
+        self.ppo_epochs, self.mini_batches, self.max_grad_norm = ppo_epochs, mini_batches, max_grad_norm
+        self.tis_cap, self.lag_corrected = tis_cap, lag_corrected
+        self.skipped_updates = 0
+        self.empty_steps = 0
+
+    def run(self, batch: RolloutBatch, opt, sched, step: int, lag: int = 0) -> dict[str, float]:
+        """All updates of ``batch``; averaged loss statistics and the log-prob mismatch."""
+        parallel = self.scorer.parallel
+        rows = [i for i in range(len(batch)) if bool(batch.loss_weights[i].any())]
+        if parallel.reduce(len(rows), "max") == 0:  # every group solved or hopeless: nothing to learn
+            self.empty_steps += 1
+        busy = set(rows if self.loss.kl_coef > 0 else [i for i in rows if bool(batch.advantages[i].any())])
+        several = self.ppo_epochs * self.mini_batches > 1  # then old log-probs are the trainer's, before the update
+        old = self.scorer.full(batch, sorted(busy)) if several else None
+        minis = parallel.pad(batch.split_groups(rows, self.mini_batches))
+        totals: dict[str, float] = {}
+        mismatch, updates = LogprobMismatch(), 0
+        for epoch in range(self.ppo_epochs):
+            for mini in minis:
+                mini = mini or []
+                stats = self._update(batch, mini, [i for i in mini if i in busy], old, opt, step,
+                                     mismatch if epoch == 0 else None)
+                if stats is None:
+                    continue
+                sched.step()
+                updates += 1
+                for k, v in stats.items():
+                    totals[k] = totals.get(k, 0.0) + v
+        out = {f"train/{k}": v / max(updates, 1) for k, v in totals.items()}
+        out.update(mismatch.metrics(lag))
+        out.update({"train/skipped_updates": float(self.skipped_updates), "train/empty_steps": float(self.empty_steps)})
+        return out
+
+    def _update(self, batch, rows, busy, old, opt, step, mismatch) -> dict[str, float] | None:
+        """One optimizer update over ``rows`` (passes on ``busy`` only); None if skipped."""
+        parallel = self.scorer.parallel
+        local = self.loss.normaliser(batch.loss_weights[rows]) if rows else 0.0
+        normaliser = parallel.reduce(local) / parallel.world
+        opt.zero_grad(set_to_none=True)
+        stats: dict[str, float] = {}
+        n_micro, bad = 0, None
+        for micro in self.scorer.chunks(batch, busy):
+            if micro is None:  # a pass that adds nothing, to match another rank's micro-batch
+                self.backward(self.scorer.empty_pass())
+                continue
+            logp, entropy, width = self.scorer.logprobs(batch, micro, with_entropy=True)
+            w = batch.loss_weights[micro, :width]
+            old_logp = old[micro, :width] if old is not None else logp.detach()
+            ref_logp = batch.ref_logprobs[micro, :width] if batch.ref_logprobs is not None else None
+            engine_logp, scored = batch.engine_logprobs[micro, :width], batch.response_mask[micro, :width] > 0
+            if mismatch is not None:
+                mismatch.add((old_logp - engine_logp).abs()[scored])
+            adv = batch.advantages[micro, :width]
+            if self.lag_corrected:  # truncated importance sampling: engine -> trainer policy
+                adv = adv * truncated_importance_weight(old_logp, engine_logp, self.tis_cap)
+            loss, st = self.loss(logp, old_logp, adv, w, normaliser, ref_logp)
+            if not torch.isfinite(loss):
+                bad = bad or "loss"  # still backward: the other ranks' passes wait for this one's
+            self.backward(loss)
+            n_micro += 1
+            st.entropy = float((entropy * w.gt(0)).sum() / w.gt(0).sum().clamp(min=1))
+            for k, v in vars(st).items():
+                stats[k] = _MERGE.get(k, float.__add__)(stats[k], v) if k in stats else v
+        policy = self.scorer.model("policy")
+        norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), self.max_grad_norm or math.inf)
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # a DTensor under FSDP2
+        if bad is None and not torch.isfinite(norm):
+            bad = "gradient"
+        if parallel.reduce(bad is not None, "max"):  # one rank's bad update is every rank's
+            return self._skip(opt, step, bad or "loss or gradient on another rank")
+        opt.step()
+        out = {k: v / max(n_micro, 1) if k in _AVERAGED else v for k, v in stats.items()}
+        out["grad_norm"] = float(norm)
+        return out
+
+    def _skip(self, opt, step: int, what: str) -> None:
+        opt.zero_grad(set_to_none=True)
+        self.skipped_updates += 1
+        warnings.warn(f"step {step}: non-finite {what}; update skipped "
+                      f"({self.skipped_updates} skipped so far)", RuntimeWarning, stacklevel=3)
+        return None
