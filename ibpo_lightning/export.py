@@ -7,8 +7,16 @@ The directory loads with ``transformers.AutoModelForCausalLM.from_pretrained`` a
 - ``python scripts/export_hf.py runs/x/checkpoints/last.ckpt OUT`` from a training checkpoint;
 - ``save_hf(policy, tokenizer, OUT)`` from code.
 
-The policy must be whole on one process (single device or DDP); a sharded (FSDP) policy needs
-its full state dict gathered first.
+``save_hf`` needs the policy whole on one process (single device or DDP). ``HFExport`` also
+handles an FSDP2-sharded policy (``configs/strategies/fsdp2.yaml``): every rank takes part in
+gathering the full weights, one parameter at a time (``full_state_dict``), and process 0 writes
+them (``save_hf_state``) under the base model's names, LoRA adapters merged as the rollout
+engine receives them. ``scripts/export_hf.py`` reads single-file checkpoints only: an FSDP2 run
+writes a directory of per-rank shards by default (the strategy's ``save_distributed_checkpoint``),
+so export such a run with ``HFExport``.
+
+A LoRA policy (``model.lora_rank > 0``) on one process is saved by ``peft``'s ``save_pretrained``:
+an adapter directory (``adapter_config.json``, ``adapter_model.safetensors``), not a full model.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ import torch
 from lightning.pytorch import Callback
 
 from ibpo_lightning.models import load_policy
+from ibpo_lightning.models.lora import base_model, merged_weights
+from ibpo_lightning.models.sharding import full_tensors, is_sharded
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -48,6 +58,52 @@ def save_hf(policy, tokenizer, out: str | Path, dtype: str | None = None) -> Pat
     return out
 
 
+def full_state_dict(policy, keep: bool = True) -> dict[str, torch.Tensor]:
+    """The policy's full weights as CPU tensors under the base model's names (LoRA adapters merged,
+    tied weights once) and its persistent buffers.
+
+    A collective when the policy is sharded (FSDP2): every rank must call it. Parameters are
+    gathered one at a time; only where ``keep`` is true (process 0) are they kept, so the other
+    ranks never hold more than one full parameter.
+    """
+    base = base_model(policy)
+    persistent = set(base.state_dict().keys())  # local under FSDP2 (sharded DTensors, no gather)
+    buffers = ((name, buf) for name, buf in base.named_buffers() if name in persistent)
+    state = {}
+    with torch.no_grad():
+        for source in (merged_weights(policy), buffers):
+            for name, tensor in full_tensors(source):
+                if keep:
+                    state[name] = tensor.detach().to("cpu", copy=True)
+    return state
+
+
+def save_hf_state(policy, state: dict[str, torch.Tensor], tokenizer, out: str | Path,
+                  dtype: str | None = None) -> Path:
+    """Write full weights ``state`` (from ``full_state_dict``) as ``policy``'s Hugging Face directory.
+
+    The architecture, config and generation config are ``policy``'s (its base model's for LoRA);
+    ``policy`` itself is neither read for weights nor changed, so it may be sharded.
+    """
+    from transformers import AutoModelForCausalLM
+
+    if not state:
+        raise ValueError("no weights to save: `state` is empty (full_state_dict keeps them on process 0 only)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    target = _dtype(dtype)
+    # a new dict either way: save_pretrained pops the entries of the one it is given
+    state = {k: v.to(target) if target is not None and v.is_floating_point() else v for k, v in state.items()}
+    stored = next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
+    base = base_model(policy)
+    with torch.device("meta"):  # a weightless shell: its class, config and dtype name the files
+        shell = AutoModelForCausalLM.from_config(copy.deepcopy(base.config), dtype=stored)
+    shell.generation_config = copy.deepcopy(base.generation_config)
+    shell.save_pretrained(out, state_dict=state)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 def policy_from_checkpoint(ckpt_path: str | Path):
     """The policy and tokenizer of a training checkpoint (``PolicyModule`` state), on CPU."""
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
@@ -64,7 +120,10 @@ def policy_from_checkpoint(ckpt_path: str | Path):
 
 
 class HFExport(Callback):
-    """Saves the policy in Hugging Face format when ``fit`` ends (process 0 only).
+    """Saves the policy in Hugging Face format when ``fit`` ends.
+
+    Process 0 writes the directory. A sharded (FSDP2) policy is gathered first, with every rank
+    taking part; otherwise process 0 saves its own whole copy.
 
     Args:
         dirpath: Output directory (None: ``<trainer.default_root_dir>/export``).
@@ -79,7 +138,14 @@ class HFExport(Callback):
 
     def on_fit_end(self, trainer, pl_module) -> None:
         out = Path(self.dirpath or Path(trainer.default_root_dir) / "export")
+        policy = pl_module.policy
+        if is_sharded(policy):  # the same answer on every rank
+            state = full_state_dict(policy, keep=trainer.is_global_zero)  # a collective
+            if trainer.is_global_zero:
+                self.saved_to = save_hf_state(policy, state, pl_module.tokenizer, out, self.dtype)
+            del state
+        elif trainer.is_global_zero:
+            self.saved_to = save_hf(policy, pl_module.tokenizer, out, self.dtype)
         if trainer.is_global_zero:
-            self.saved_to = save_hf(pl_module.policy, pl_module.tokenizer, out, self.dtype)
             pl_module.print(f"policy exported in Hugging Face format to {out}")
         trainer.strategy.barrier("hf_export")
