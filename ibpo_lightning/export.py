@@ -3,20 +3,17 @@
 The directory loads with ``transformers.AutoModelForCausalLM.from_pretrained`` and with
 ``vllm.LLM(model=...)``. Three ways to get one:
 
-- ``HFExport`` callback: writes ``<trainer.default_root_dir>/export`` when ``fit`` ends;
+- ``HFExport`` callback: writes ``<run's log directory>/export`` when ``fit`` ends (each run's
+  own versioned directory, so a second run does not overwrite the first);
 - ``python scripts/export_hf.py runs/x/checkpoints/last.ckpt OUT`` from a training checkpoint;
 - ``save_hf(policy, tokenizer, OUT)`` from code.
 
-``save_hf`` needs the policy whole on one process (single device or DDP). ``HFExport`` also
-handles an FSDP2-sharded policy (``configs/strategies/fsdp2.yaml``): every rank takes part in
-gathering the full weights, one parameter at a time (``full_state_dict``), and process 0 writes
-them (``save_hf_state``) under the base model's names, LoRA adapters merged as the rollout
-engine receives them. ``scripts/export_hf.py`` reads single-file checkpoints only: an FSDP2 run
+Every path writes the same thing: the full weights under the base model's names, LoRA adapters
+merged as the rollout engine receives them (``full_state_dict``), written by ``save_hf_state``.
+``HFExport`` also handles an FSDP2-sharded policy (``configs/strategies/fsdp2.yaml``): every
+rank takes part in gathering the weights, one parameter at a time, and process 0 writes them. ``scripts/export_hf.py`` reads single-file checkpoints only: an FSDP2 run
 writes a directory of per-rank shards by default (the strategy's ``save_distributed_checkpoint``),
 so export such a run with ``HFExport``.
-
-A LoRA policy (``model.lora_rank > 0``) on one process is saved by ``peft``'s ``save_pretrained``:
-an adapter directory (``adapter_config.json``, ``adapter_model.safetensors``), not a full model.
 """
 
 from __future__ import annotations
@@ -43,19 +40,12 @@ def _dtype(name: str | None) -> torch.dtype | None:
 
 
 def save_hf(policy, tokenizer, out: str | Path, dtype: str | None = None) -> Path:
-    """Write ``policy`` (safetensors, config, generation config) and ``tokenizer`` to ``out``.
+    """Write a whole (unsharded) ``policy`` (safetensors, config, generation config; LoRA merged)
+    and ``tokenizer`` to ``out``.
 
     ``dtype`` casts a copy of the weights (None: as they are); the policy itself is untouched.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    target = _dtype(dtype)
-    model = policy
-    if target is not None and next(policy.parameters()).dtype != target:
-        model = copy.deepcopy(policy).to(target)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_hf_state(policy, full_state_dict(policy), tokenizer, out, dtype)
 
 
 def full_state_dict(policy, keep: bool = True) -> dict[str, torch.Tensor]:
@@ -126,7 +116,8 @@ class HFExport(Callback):
     taking part; otherwise process 0 saves its own whole copy.
 
     Args:
-        dirpath: Output directory (None: ``<trainer.default_root_dir>/export``).
+        dirpath: Output directory (None: ``<trainer.log_dir>/export``, the run's versioned log
+            directory, or ``<trainer.default_root_dir>/export`` without a logger).
         dtype: ``float32``, ``bfloat16`` or ``float16`` to cast the saved weights to (None: the
             trainer's dtype).
     """
@@ -137,15 +128,13 @@ class HFExport(Callback):
         self.saved_to: Path | None = None
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        out = Path(self.dirpath or Path(trainer.default_root_dir) / "export")
+        out = Path(self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / "export")  # every rank
         policy = pl_module.policy
-        if is_sharded(policy):  # the same answer on every rank
-            state = full_state_dict(policy, keep=trainer.is_global_zero)  # a collective
-            if trainer.is_global_zero:
-                self.saved_to = save_hf_state(policy, state, pl_module.tokenizer, out, self.dtype)
-            del state
-        elif trainer.is_global_zero:
-            self.saved_to = save_hf(policy, pl_module.tokenizer, out, self.dtype)
+        # a collective when the policy is sharded; a whole policy is read on process 0 only
+        state = full_state_dict(policy, keep=trainer.is_global_zero) if trainer.is_global_zero or is_sharded(policy) else {}
+        if trainer.is_global_zero:
+            self.saved_to = save_hf_state(policy, state, pl_module.tokenizer, out, self.dtype)
+        del state
         if trainer.is_global_zero:
             pl_module.print(f"policy exported in Hugging Face format to {out}")
         trainer.strategy.barrier("hf_export")

@@ -1,0 +1,52 @@
+"""Runs one RL step of every estimator overlay through the real CLI, in this one process.
+
+    python tests/composition_driver.py OUT [-- extra CLI args]                 # one process
+    python -m torch.distributed.run --nproc_per_node 2 tests/composition_driver.py OUT -- -c configs/strategies/ddp.yaml
+
+Under ``torch.distributed.run`` every rank runs the same loop; Lightning finds the launcher's
+environment and joins its process group, so the 13 runs share one launch. Each rank appends one
+JSON line per estimator to ``OUT/rank<r>.jsonl``: the overlay, the strategy, the policy version
+after the step, the reward, whether a reference model was built, the safetensors ``HFExport``
+wrote, and the error if the run failed (the loop goes on to the next overlay).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ibpo_lightning.cli import run_cli  # noqa: E402
+
+
+def main() -> None:
+    out, extra = Path(sys.argv[1]), sys.argv[3:] if sys.argv[2:3] == ["--"] else []
+    rank = int(os.environ.get("RANK", 0))
+    out.mkdir(parents=True, exist_ok=True)
+    for overlay in sorted((ROOT / "configs/estimators").glob("*.yaml")):
+        row: dict = {"estimator": overlay.stem, "rank": rank}
+        try:
+            cli = run_cli(["fit", "-c", str(ROOT / "configs/tiny.yaml"), "-c", str(overlay), *extra,
+                           f"--trainer.default_root_dir={out / overlay.stem}", "--trainer.max_steps=1",
+                           "--trainer.enable_progress_bar=false", "--trainer.logger=false",
+                           "--trainer.num_sanity_val_steps=0", "--trainer.limit_val_batches=0",
+                           "--trainer.enable_model_summary=false",
+                           "--trainer.callbacks+=ibpo_lightning.export.HFExport"])
+            metrics = cli.trainer.callback_metrics
+            row.update(version=cli.model.policy_version, reward=float(metrics["train/reward_mean"]),
+                       reference=cli.model.reference is not None, world=cli.trainer.world_size,
+                       strategy=type(cli.trainer.strategy).__name__,
+                       exported=sorted(p.name for p in (out / overlay.stem / "export").glob("*.safetensors")))
+        except Exception as err:  # noqa: BLE001 - recorded, and the next overlay still runs
+            row["error"] = f"{type(err).__name__}: {err}\n{traceback.format_exc()[-2000:]}"
+        with open(out / f"rank{rank}.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
