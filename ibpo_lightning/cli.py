@@ -8,10 +8,12 @@ docstring is its ``--help`` text.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import warnings
 
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ibpo_lightning.checkpointing import find_last
 from ibpo_lightning.data import RLDataModule
@@ -69,8 +71,12 @@ def run_cli(args: list[str] | None = None) -> IBPOCLI:
 
 
 def main() -> None:
-    """Console entry point of ``ibpo``."""
-    run_cli()
+    """Console entry point of ``ibpo``; a run stopped by SIGTERM (after saving, see
+    ``checkpointing.InterruptCheckpoint``) exits with status 143, as a terminated process does."""
+    try:
+        run_cli()
+    except SIGTERMException:
+        sys.exit(128 + signal.SIGTERM)
 
 
 if __name__ == "__main__":

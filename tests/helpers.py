@@ -96,3 +96,27 @@ class ScriptedEngine(HFEngine):
                                     text=self.tokenizer.decode(ids), finished=True))
             out.append(group)
         return out
+
+
+class VersionLog(Callback):
+    """Appends the policy version at the start of every training step of this run to a file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        with open(self.path, "a") as f:
+            f.write(f"{pl_module.policy_version}\n")
+
+
+class SigtermAt(Callback):
+    """Sends this process SIGTERM at the start of training step ``step`` (as a cluster would)."""
+
+    def __init__(self, step: int = 1) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.step:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGTERM)
