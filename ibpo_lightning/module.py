@@ -14,12 +14,14 @@ import time
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.strategies import FSDPStrategy
 from torchmetrics import MeanMetric
 
 from ibpo_lightning.diagnostics import group_gradient_noise
-from ibpo_lightning.evaluation import EvalSuite
+from ibpo_lightning.evaluation import EvalConfig, EvalSuite
 from ibpo_lightning.losses import PolicyLoss
+from ibpo_lightning.models.lora import LoraConfig
 from ibpo_lightning.models.policy import build_models
 from ibpo_lightning.rng import rng_states, set_rng_states
 from ibpo_lightning.tasks.base import Task
@@ -37,9 +39,8 @@ class PolicyModule(LightningModule):
     Args:
         model: a built-in model name, a local Hugging Face directory or a Hub id.
         loss: the policy-gradient loss and its switches.
-        lr: AdamW learning rate.
-        weight_decay: AdamW weight decay.
-        betas: AdamW betas.
+        optimizer: the optimizer, as a ``class_path`` with ``init_args`` (LightningCLI's optimizer
+            injection); None: ``AdamW(lr=1e-5)``.
         warmup_steps: linear learning-rate warm-up, in optimizer updates.
         ppo_epochs: passes over each rollout batch.
         mini_batches: optimizer updates per pass (groups are split evenly between them).
@@ -51,22 +52,16 @@ class PolicyModule(LightningModule):
         param_dtype: under ``ModelParallelStrategy`` (FSDP2), the dtype parameters are gathered
             and computed in (``bfloat16``: mixed precision, gradients reduced in float32).
         offload_reference: under FSDP2, keep the frozen reference's shards in CPU memory (GPU).
-        lora_rank: train LoRA adapters of this rank instead of every weight (0: full fine-tuning);
-            the engine receives merged weights. Needs ``peft`` (the ``lora`` extra).
-        lora_alpha: LoRA scale numerator (the update is ``alpha / rank * B @ A``).
-        lora_targets: module names to adapt, or ``all-linear`` (every linear layer but the head).
+        lora: train LoRA adapters instead of every weight (None: full fine-tuning); the engine
+            receives merged weights.
         max_policy_lag: how many updates older than the policy a batch's sampler may be; 0 refuses
             any stale batch. Above 0, advantages are weighted by the truncated importance ratio
             ``min(pi_trainer / pi_engine, tis_cap)`` of each token.
         tis_cap: truncation of that importance ratio.
-        eval_samples: answers sampled per problem in validation (1 with ``eval_temperature`` 0:
-            greedy, as before).
-        eval_temperature: sampling temperature in validation (0: greedy).
-        pass_k: the k of each ``val/pass@k`` (None: 1 and ``eval_samples``); each <= ``eval_samples``.
-        eval_max_new_tokens: response length limit in validation (None: ``rollout.max_new_tokens``).
+        evaluation: how validation and ``ibpo test`` sample and score.
         benchmarks: extra benchmarks evaluated beside the held-out split, by name: each task's
-            held-out problems, logged as ``val/<name>/pass@k`` (see ``docs/evaluation.md``).
-        heldout_name: name of the datamodule task's held-out split in the results table.
+            held-out problems (test problems in ``ibpo test``), logged as ``val/<name>/pass@k``
+            (see ``docs/evaluation.md``).
         grad_noise_every: every this many steps, log the per-group gradient noise of the batch
             before the update (``grad/*``, see ``diagnostics/gradient_noise.py``; 0: never).
     """
@@ -75,9 +70,7 @@ class PolicyModule(LightningModule):
         self,
         model: str = "smollm2-135m-instruct",
         loss: PolicyLoss | None = None,
-        lr: float = 1e-5,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
+        optimizer: OptimizerCallable | None = None,
         warmup_steps: int = 0,
         ppo_epochs: int = 1,
         mini_batches: int = 1,
@@ -87,31 +80,24 @@ class PolicyModule(LightningModule):
         gradient_checkpointing: bool = False,
         param_dtype: str | None = None,
         offload_reference: bool = False,
-        lora_rank: int = 0,
-        lora_alpha: float = 16.0,
-        lora_targets: list[str] | str = "all-linear",
+        lora: LoraConfig | None = None,
         max_policy_lag: int = 0,
         tis_cap: float = 2.0,
-        eval_samples: int = 1,
-        eval_temperature: float = 0.0,
-        pass_k: list[int] | None = None,
-        eval_max_new_tokens: int | None = None,
+        evaluation: EvalConfig | None = None,
         benchmarks: dict[str, Task] | None = None,
-        heldout_name: str = "heldout",
         grad_noise_every: int = 0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["benchmarks"])  # tasks hold data: not in every checkpoint
+        # tasks hold data, the optimizer is a callable: neither goes into every checkpoint
+        self.save_hyperparameters(ignore=["benchmarks", "optimizer"])
         self.automatic_optimization = False
         self.model_name, self.loss = model, loss if loss is not None else PolicyLoss()
-        self.lr, self.weight_decay, self.betas, self.warmup_steps = lr, weight_decay, tuple(betas), warmup_steps
+        self.optimizer, self.warmup_steps = optimizer, warmup_steps
         self.ppo_epochs, self.mini_batches, self.micro_batch_size = ppo_epochs, mini_batches, micro_batch_size
         self.micro_batch_tokens = micro_batch_tokens
         self.max_grad_norm, self.gradient_checkpointing = max_grad_norm, gradient_checkpointing
         self.param_dtype, self.offload_reference = param_dtype, offload_reference
-        if lora_rank < 0:
-            raise ValueError(f"model.lora_rank must be >= 0, got {lora_rank}")
-        self.lora_rank, self.lora_alpha, self.lora_targets = lora_rank, lora_alpha, lora_targets
+        self.lora = lora
         if max_policy_lag < 0 or tis_cap <= 0:
             raise ValueError(f"model.max_policy_lag must be >= 0 and model.tis_cap > 0, got "
                              f"{max_policy_lag} and {tis_cap}")
@@ -122,11 +108,12 @@ class PolicyModule(LightningModule):
         self.sampler = self.estimator = None
         self.policy_version = 0
         self.val_accuracy = MeanMetric()
-        self.benchmarks, self.heldout_name = dict(benchmarks or {}), heldout_name
-        if heldout_name in self.benchmarks:
-            raise ValueError(f"model.benchmarks may not reuse the held-out split's name {heldout_name!r}")
-        self.evaluation = EvalSuite([heldout_name, *self.benchmarks], eval_samples,
-                                    pass_k or sorted({1, eval_samples}), eval_temperature, eval_max_new_tokens)
+        ev = evaluation if evaluation is not None else EvalConfig()
+        self.benchmarks, self.heldout_name = dict(benchmarks or {}), ev.heldout_name
+        if ev.heldout_name in self.benchmarks:
+            raise ValueError(f"model.benchmarks may not reuse the held-out split's name {ev.heldout_name!r}")
+        self.evaluation = EvalSuite([ev.heldout_name, *self.benchmarks], ev.samples,
+                                    ev.pass_k or sorted({1, ev.samples}), ev.temperature, ev.max_new_tokens)
 
     def connect(self, sampler, estimator) -> None:
         """The sampler (evaluation, and the temperature tokens are scored at) and the estimator
@@ -148,8 +135,7 @@ class PolicyModule(LightningModule):
                 "-c configs/strategies/fsdp2.yaml (ModelParallelStrategy with FSDP2) instead"
             )
         self.policy, self.reference, self.tokenizer = build_models(
-            self.model_name, with_reference=self.needs_reference, lora_rank=self.lora_rank,
-            lora_alpha=self.lora_alpha, lora_targets=self.lora_targets,
+            self.model_name, with_reference=self.needs_reference, lora=self.lora,
             gradient_checkpointing=self.gradient_checkpointing, mesh=self.device_mesh,
             param_dtype=self.param_dtype, offload_reference=self.offload_reference)
         world = self.trainer.world_size if self._trainer is not None else 1
@@ -168,7 +154,7 @@ class PolicyModule(LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
+        opt = self.optimizer(params) if self.optimizer is not None else torch.optim.AdamW(params, lr=1e-5)
         warmup = max(self.warmup_steps, 1)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
         return [opt], [{"scheduler": sched, "interval": "step"}]

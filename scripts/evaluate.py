@@ -7,7 +7,7 @@ math500, aime24, countdown) read from ``--data-dir`` (default ``$IBPO_DATA`` or 
     # SmolLM2-135M before training: pass@1 and pass@8 on a fixed 100-problem GSM8K test subset
     python scripts/evaluate.py --model smollm2-135m-instruct --benchmark gsm8k --limit 100 --samples 8
     # ... and after a GSM8K run (ibpo fit -c configs/gsm8k.yaml)
-    python scripts/evaluate.py --model runs/gsm8k/checkpoints/last.ckpt --benchmark gsm8k --limit 100 --samples 8
+    python scripts/evaluate.py --model runs/gsm8k/csv/version_0/checkpoints/last.ckpt --benchmark gsm8k --limit 100 --samples 8
     python scripts/evaluate.py --model runs/gsm8k/export --benchmark gsm8k --benchmark math500 --limit 50
 """
 
@@ -22,7 +22,7 @@ from lightning.pytorch import Trainer, seed_everything
 
 from ibpo_lightning.cli import EXPECTED_WARNINGS
 from ibpo_lightning.data import RLDataModule
-from ibpo_lightning.evaluation import PRESETS, benchmark
+from ibpo_lightning.evaluation import PRESETS, EvalConfig, benchmark
 from ibpo_lightning.module import PolicyModule
 from ibpo_lightning.rollout import HFEngine, RolloutCallback
 
@@ -68,9 +68,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ckpt = args.model if args.model.endswith(".ckpt") else None
     model = torch.load(ckpt, map_location="cpu", weights_only=False)["hyper_parameters"]["model"] if ckpt else args.model
     first, *rest = names
-    module = PolicyModule(model=model, eval_samples=args.samples, eval_temperature=temperature, pass_k=args.pass_k,
-                          eval_max_new_tokens=args.max_new_tokens, benchmarks={n: tasks[n] for n in rest},
-                          heldout_name=first)
+    evaluation = EvalConfig(samples=args.samples, temperature=temperature, pass_k=args.pass_k,
+                            max_new_tokens=args.max_new_tokens, heldout_name=first)
+    module = PolicyModule(model=model, evaluation=evaluation, benchmarks={n: tasks[n] for n in rest})
     data = RLDataModule(tasks[first], val_batch_size=args.batch_size, seed=args.seed)
     rollout = RolloutCallback(_engine(args.engine, args.batch_size), max_new_tokens=args.max_new_tokens)
     seed_everything(args.seed, verbose=False)

@@ -1,6 +1,6 @@
 """Export a training checkpoint's policy in Hugging Face format (safetensors + config + tokenizer).
 
-Usage:  python scripts/export_hf.py runs/gsm8k/checkpoints/last.ckpt runs/gsm8k/export [--dtype bfloat16]
+Usage:  python scripts/export_hf.py runs/gsm8k/csv/version_0/checkpoints/last.ckpt runs/gsm8k/export [--dtype bfloat16]
 
 The output directory loads with ``AutoModelForCausalLM.from_pretrained(OUT)`` and ``vllm.LLM(OUT)``,
 and is accepted wherever a model is named (``--model.model OUT``, ``scripts/evaluate.py --model OUT``).

@@ -14,6 +14,13 @@ from ibpo_lightning.tasks import ArithmeticTask
 from ibpo_lightning.types import Kind, RolloutBatch, Trajectory
 
 
+def adamw(lr: float):
+    """The optimizer argument of ``PolicyModule``: AdamW at ``lr``, no weight decay."""
+    import torch
+
+    return lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+
+
 def traj(group, reward, response=(5, 6, 7), prompt=(1, 2), **kw) -> Trajectory:
     response = list(response)
     return Trajectory(prompt_ids=list(prompt), response_ids=response, logprobs=[-1.0] * len(response),

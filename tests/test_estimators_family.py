@@ -25,7 +25,7 @@ from ibpo_lightning.rollout import HFEngine, RolloutCallback
 from ibpo_lightning.rollout.engine import Sample
 from ibpo_lightning.tasks.base import Problem
 from ibpo_lightning.types import RolloutBatch, Trajectory
-from tests.helpers import ParityTask, batch_of, traj
+from tests.helpers import ParityTask, adamw, batch_of, traj
 
 ROOT = Path(__file__).parents[1]
 
@@ -161,7 +161,7 @@ def test_dapo_dynamic_sampling_cap_keeps_what_it_has():
 
 
 def tiny_setup(tmp_path, estimator, steps=1):
-    module = PolicyModule(model="tiny-random-llama", lr=1e-3, micro_batch_size=4)
+    module = PolicyModule(model="tiny-random-llama", optimizer=adamw(1e-3), micro_batch_size=4)
     data = RLDataModule(ParityTask(num_train=32, num_heldout=4), prompts_per_step=2, steps=steps)
     trainer = Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,

@@ -110,7 +110,7 @@ def test_eval_suite_computes_and_tabulates(tmp_path):
 
 
 def test_eval_suite_refuses_identical_greedy_samples_and_bad_names():
-    with pytest.raises(ValueError, match="eval_temperature > 0"):
+    with pytest.raises(ValueError, match="evaluation.temperature > 0"):
         EvalSuite(["heldout"], samples=4, temperature=0.0)
     with pytest.raises(ValueError, match="without '.' or '/'"):
         EvalSuite(["heldout", "gsm8k/test"])
@@ -124,7 +124,7 @@ def test_validate_with_samples_reports_pass_at_k_per_benchmark(tmp_path, capsys)
                             "init_args": {"heldout_path": str(extra), "answer_format": "plain", "reward": "number"}}}
     cli = run_cli(["validate", "-c", str(ROOT / "configs/tiny.yaml"), f"--trainer.default_root_dir={tmp_path}",
                    "--trainer.enable_progress_bar=false", "--trainer.logger=false",
-                   "--model.eval_samples=2", "--model.eval_temperature=1.0", "--model.pass_k=[1, 2]",
+                   "--model.evaluation.samples=2", "--model.evaluation.temperature=1.0", "--model.evaluation.pass_k=[1, 2]",
                    f"--model.benchmarks={json.dumps(benchmarks)}"])
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
     for key in ("val/accuracy", "val/mean@2", "val/pass@1", "val/pass@2", "val/extra/mean@2", "val/extra/pass@2"):
@@ -146,7 +146,7 @@ def test_gpu_configs_parse(config, capsys):
         run_cli(["fit", "-c", str(config), "--print_config"])
     assert exit_info.value.code in (0, None)
     out = capsys.readouterr().out
-    assert "estimator:" in out and "eval_samples: 8" in out
+    assert "estimator:" in out and "samples: 8" in out
 
 
 def load_script(name: str):

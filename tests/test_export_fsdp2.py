@@ -39,7 +39,7 @@ trainer:
       init_args: {{path: {root}/trained.pt}}
     - class_path: ibpo_lightning.export.HFExport
 model:
-  lr: 1.0e-2
+  optimizer: {{class_path: torch.optim.AdamW, init_args: {{lr: 1.0e-2, weight_decay: 0.0}}}}
   micro_batch_size: 4
 data:
   task:

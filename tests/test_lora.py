@@ -39,7 +39,7 @@ def test_lora_fit_through_the_cli_trains_only_adapters(tmp_path):
     code = f"""
 import torch
 from ibpo_lightning.cli import run_cli
-cli = run_cli(["fit", "-c", "configs/tiny.yaml", "--model.lora_rank", "4", "--model.lr", "1e-2",
+cli = run_cli(["fit", "-c", "configs/tiny.yaml", "--model.lora.rank", "4", "--model.optimizer.lr", "1e-2",
                "--data.task", "tests.helpers.ParityTask", "--estimator", "ibpo_lightning.estimators.GRPO",
                "--trainer.default_root_dir", r"{tmp_path}", "--trainer.enable_progress_bar", "false",
                "--trainer.num_sanity_val_steps", "0", "--trainer.limit_val_batches", "0"])

@@ -14,11 +14,11 @@ from ibpo_lightning.estimators import GRPO
 from ibpo_lightning.losses import truncated_importance_weight
 from ibpo_lightning.module import PolicyModule, StaleBatchError
 from ibpo_lightning.rollout import HFEngine, RolloutCallback, VLLMEngine, vllm_available
-from tests.helpers import ParityTask
+from tests.helpers import ParityTask, adamw
 
 
 def run(tmp_path, engine, steps=3, sync_every=1, max_policy_lag=0, no_sync=False, model="tiny-random-llama"):
-    module = PolicyModule(model=model, lr=1e-2, micro_batch_size=8, max_policy_lag=max_policy_lag)
+    module = PolicyModule(model=model, optimizer=adamw(1e-2), micro_batch_size=8, max_policy_lag=max_policy_lag)
     data = RLDataModule(ParityTask(num_train=32, num_heldout=4), prompts_per_step=2, steps=steps)
     rollout = RolloutCallback(engine, group_size=4, max_new_tokens=6, sync_every=sync_every)
     if no_sync:
@@ -91,3 +91,29 @@ def test_vllm_with_allowed_lag_trains_on_stale_batches(tmp_path):
     trainer, seen = run(tmp_path, VLLMEngine(max_model_len=128), steps=4, sync_every=2, max_policy_lag=1, model=SMOLLM)
     assert seen == [(0, 0), (0, 1), (2, 2), (2, 3)]
     assert float(trainer.callback_metrics["rollout/policy_lag"]) == 1.0
+
+
+def test_lag_correction_weights_advantages_by_the_truncated_ratio():
+    """Engine log-probs log(2) below the trainer's: each token's ratio is 2 (= the cap), so the
+    corrected update's gradient is exactly twice the uncorrected one (the loss is linear in A)."""
+    from ibpo_lightning.losses import PolicyLoss
+    from ibpo_lightning.models import load_policy
+    from ibpo_lightning.models.policy import with_scoring
+    from ibpo_lightning.training import PolicyUpdate, Scorer
+    from tests.helpers import batch_of, traj
+
+    model, _ = load_policy("tiny-random-llama")
+    scorer = Scorer(with_scoring(model.train()), None, temperature=1.0, micro_batch_size=8)
+    batch = batch_of([traj(0, 1.0, (5, 6, 7)), traj(0, 0.0, (8, 9)), traj(1, 1.0, (4, 4, 4)), traj(1, 0.0)])
+    batch.loss_weights = batch.response_mask.clone()
+    batch.advantages = batch.response_mask * torch.tensor([1.0, -1.0, 0.5, -0.5]).unsqueeze(-1)
+    rows = list(range(len(batch)))
+    batch.engine_logprobs = (scorer.full(batch, rows) - math.log(2.0)) * batch.response_mask
+    norms = {}
+    for corrected in (False, True):
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)  # measure, do not move
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+        update = PolicyUpdate(PolicyLoss(), scorer, lambda loss: loss.backward(), max_grad_norm=None,
+                              tis_cap=2.0, lag_corrected=corrected)
+        norms[corrected] = update.run(batch, opt, sched, step=0, lag=1)["train/grad_norm"]
+    assert norms[True] == pytest.approx(2 * norms[False], rel=1e-4) and norms[False] > 0

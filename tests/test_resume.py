@@ -29,7 +29,7 @@ trainer:
     - class_path: tests.helpers.BatchRecorder
       init_args: {{path: {root}/steps.jsonl}}
 model:
-  lr: 1.0e-3
+  optimizer: {{class_path: torch.optim.AdamW, init_args: {{lr: 1.0e-3, weight_decay: 0.0}}}}
 data:
   task:
     class_path: tests.helpers.ParityTask

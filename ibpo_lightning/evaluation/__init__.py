@@ -2,7 +2,7 @@
 
 from ibpo_lightning.evaluation.benchmarks import PRESETS, benchmark
 from ibpo_lightning.evaluation.metrics import BenchmarkMetrics, MeanAtK, PassAtK, pass_at_k
-from ibpo_lightning.evaluation.suite import EvalSuite, correctness, sample_correctness
+from ibpo_lightning.evaluation.suite import EvalConfig, EvalSuite, correctness, sample_correctness
 
-__all__ = ["PRESETS", "BenchmarkMetrics", "EvalSuite", "MeanAtK", "PassAtK", "benchmark", "correctness",
+__all__ = ["PRESETS", "BenchmarkMetrics", "EvalConfig", "EvalSuite", "MeanAtK", "PassAtK", "benchmark", "correctness",
            "pass_at_k", "sample_correctness"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -37,6 +38,25 @@ def sample_correctness(sampler, task: Task, problems: Sequence[Problem], samples
     return torch.tensor(right, dtype=torch.float32).view(len(problems), samples)
 
 
+@dataclass
+class EvalConfig:
+    """How validation and ``ibpo test`` sample and score (``model.evaluation``).
+
+    Args:
+        samples: answers sampled per problem (1 with temperature 0: greedy).
+        temperature: sampling temperature (0: greedy).
+        pass_k: the k of each ``pass@k`` (None: 1 and ``samples``); each <= ``samples``.
+        max_new_tokens: response length limit (None: ``rollout.max_new_tokens``).
+        heldout_name: name of the data module task's held-out split in the results table.
+    """
+
+    samples: int = 1
+    temperature: float = 0.0
+    pass_k: list[int] | None = None
+    max_new_tokens: int | None = None
+    heldout_name: str = "heldout"
+
+
 class EvalSuite(torch.nn.Module):
     """Per-benchmark metrics and seconds, and the results table.
 
@@ -52,9 +72,10 @@ class EvalSuite(torch.nn.Module):
                  temperature: float = 0.0, max_new_tokens: int | None = None) -> None:
         super().__init__()
         if samples < 1:
-            raise ValueError(f"eval_samples must be >= 1, got {samples}")
+            raise ValueError(f"model.evaluation.samples must be >= 1, got {samples}")
         if samples > 1 and temperature <= 0:
-            raise ValueError(f"eval_samples={samples} needs eval_temperature > 0: greedy samples are identical")
+            raise ValueError(f"model.evaluation.samples={samples} needs model.evaluation.temperature > 0: "
+                             "greedy samples are identical")
         for name in names:
             if not name or "." in name or "/" in name:
                 raise ValueError(f"benchmark name {name!r} must be non-empty, without '.' or '/'")

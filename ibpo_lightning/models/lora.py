@@ -7,10 +7,30 @@ replaced by ``W + scale * B @ A``. Nothing is merged in place: the trained weigh
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 from torch import nn
+
+
+@dataclass
+class LoraConfig:
+    """Train LoRA adapters instead of every weight (``model.lora``); needs ``peft`` (the ``lora`` extra).
+
+    Args:
+        rank: adapter rank r.
+        alpha: scale numerator (the update is ``alpha / rank * B @ A``).
+        targets: module names to adapt, or ``all-linear`` (every linear layer but the head).
+    """
+
+    rank: int = 16
+    alpha: float = 16.0
+    targets: list[str] | str = "all-linear"
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"model.lora.rank must be >= 1, got {self.rank} (no LoRA: leave model.lora unset)")
 
 
 def add_lora(model: nn.Module, rank: int, alpha: float, targets: list[str] | str, dropout: float = 0.0) -> nn.Module:
@@ -18,7 +38,7 @@ def add_lora(model: nn.Module, rank: int, alpha: float, targets: list[str] | str
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as err:
-        raise ImportError("model.lora_rank > 0 needs peft: pip install -e '.[lora]'") from err
+        raise ImportError("model.lora needs peft: pip install -e '.[lora]'") from err
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=dropout, bias="none",
                         task_type="CAUSAL_LM")
     return get_peft_model(model, config)

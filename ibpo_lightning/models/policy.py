@@ -12,7 +12,7 @@ import types
 
 from ibpo_lightning.losses.logprobs import token_logprobs
 from ibpo_lightning.models.loading import load_policy
-from ibpo_lightning.models.lora import add_lora
+from ibpo_lightning.models.lora import LoraConfig, add_lora
 from ibpo_lightning.models.sharding import shard
 
 
@@ -22,8 +22,7 @@ def with_scoring(model):
     return model
 
 
-def build_models(name: str, *, with_reference: bool, lora_rank: int = 0, lora_alpha: float = 16.0,
-                 lora_targets: list[str] | str = "all-linear", gradient_checkpointing: bool = False,
+def build_models(name: str, *, with_reference: bool, lora: LoraConfig | None = None, gradient_checkpointing: bool = False,
                  mesh=None, param_dtype: str | None = None, offload_reference: bool = False):
     """``(policy, reference or None, tokenizer)``.
 
@@ -36,8 +35,8 @@ def build_models(name: str, *, with_reference: bool, lora_rank: int = 0, lora_al
     if gradient_checkpointing:
         policy.gradient_checkpointing_enable()
     reference = copy.deepcopy(policy).eval().requires_grad_(False) if with_reference else None
-    if lora_rank:
-        policy = add_lora(policy, lora_rank, lora_alpha, lora_targets)
+    if lora is not None:
+        policy = add_lora(policy, lora.rank, lora.alpha, lora.targets)
     for model in (policy, reference):
         if model is None:
             continue
