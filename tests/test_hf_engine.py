@@ -96,7 +96,7 @@ def test_continue_from_prefix_extends_the_greedy_answer():
     engine.bind(model, tok)
     prompt = chat(tok, "What is 3 + 4?")
     (full,) = engine.generate([prompt], 1, max_new_tokens=10, temperature=0.0)[0]
-    (rest,) = engine.continue_from([prompt], [full.token_ids[:4]], 1, max_new_tokens=6, temperature=0.0)[0]
+    (rest,) = engine.generate([prompt + full.token_ids[:4]], 1, max_new_tokens=6, temperature=0.0)[0]
     assert full.token_ids[:4] + rest.token_ids == full.token_ids
 
 

@@ -59,9 +59,10 @@ def test_sync_every_beyond_the_allowed_lag_is_refused_at_start(tmp_path):
         run(tmp_path, VLLMEngine(max_model_len=128), sync_every=2)
 
 
-def test_negative_lag_or_cap_is_refused():
-    with pytest.raises(ValueError, match="max_policy_lag"):
-        PolicyModule(model="tiny-random-llama", max_policy_lag=-1)
+@pytest.mark.parametrize("kwargs", [{"max_policy_lag": -1}, {"tis_cap": 0.0}, {"tis_cap": -1.0}])
+def test_negative_lag_or_cap_is_refused(kwargs):
+    with pytest.raises(ValueError, match=r"model.max_policy_lag must be >= 0 and model.tis_cap > 0"):
+        PolicyModule(model="tiny-random-llama", **kwargs)
 
 
 needs_vllm = pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed")

@@ -72,6 +72,7 @@ FSDP2 = ["-c", "configs/strategies/fsdp2.yaml", "--trainer.accelerator", "cpu"]
 GRPO = ["--estimator", "ibpo_lightning.estimators.GRPO"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting", ["grpo", "rrpo", "grpo-fsdp2"])
 def test_kill_and_resume_repeats_the_uninterrupted_run(tmp_path, setting):
     est = {"grpo": GRPO, "rrpo": ["-c", "configs/estimators/rrpo.yaml"], "grpo-fsdp2": GRPO + FSDP2}[setting]

@@ -105,8 +105,8 @@ def test_continuation_from_a_prefix_starts_where_the_prefix_ends(smollm):
     model, tok, hf, engine = smollm
     prompt = chat(tok, QUESTIONS[0])
     prefix = greedy(hf, [prompt], 12)[0][:6]
-    (greedy_rest,) = [g[0].token_ids for g in engine.continue_from([prompt], [prefix], 1, max_new_tokens=6,
-                                                                  temperature=0.0)]
+    (greedy_rest,) = [g[0].token_ids for g in engine.generate([prompt + prefix], 1, max_new_tokens=6,
+                                                              temperature=0.0)]
     assert prefix + greedy_rest == greedy(hf, [prompt], 12)[0]
 
 

@@ -54,12 +54,6 @@ class RolloutEngine(ABC):
         one). None draws from the engine's own random stream.
         """
 
-    def continue_from(
-        self, prompts: list[list[int]], prefixes: list[list[int]], n: int, **kwargs
-    ) -> list[list[Sample]]:
-        """``n`` continuations of each ``prompt + prefix`` (resets, Monte-Carlo probes)."""
-        return self.generate([p + q for p, q in zip(prompts, prefixes)], n, **kwargs)
-
     def reset_cache(self) -> None:
         """Forget cached prompt state; the rollout callback calls it at the start of every step, so
         that what a step samples does not depend on what was sampled before it."""
