@@ -47,6 +47,9 @@ class PolicyModule(LightningModule):
         micro_batch_size: rows per forward/backward; whole groups are packed up to this size.
         micro_batch_tokens: also cap each micro-batch at this many padded tokens (rows x longest
             row), so long responses get fewer rows per pass (None: rows only).
+        logprob_chunk_tokens: the output head scores at most this many positions at a time and
+            recomputes their logits in the backward pass, so no pass holds [positions x
+            vocabulary] logits for more positions than this (None: all positions at once).
         max_grad_norm: gradient clipping threshold (None = no clipping, the norm is still logged).
         gradient_checkpointing: trade compute for memory in the policy's forward pass.
         param_dtype: under ``ModelParallelStrategy`` (FSDP2), the dtype parameters are gathered
@@ -76,6 +79,7 @@ class PolicyModule(LightningModule):
         mini_batches: int = 1,
         micro_batch_size: int = 16,
         micro_batch_tokens: int | None = None,
+        logprob_chunk_tokens: int | None = 1024,
         max_grad_norm: float | None = 1.0,
         gradient_checkpointing: bool = False,
         param_dtype: str | None = None,
@@ -94,7 +98,9 @@ class PolicyModule(LightningModule):
         self.model_name, self.loss = model, loss if loss is not None else PolicyLoss()
         self.optimizer, self.warmup_steps = optimizer, warmup_steps
         self.ppo_epochs, self.mini_batches, self.micro_batch_size = ppo_epochs, mini_batches, micro_batch_size
-        self.micro_batch_tokens = micro_batch_tokens
+        self.micro_batch_tokens, self.logprob_chunk_tokens = micro_batch_tokens, logprob_chunk_tokens
+        if logprob_chunk_tokens is not None and logprob_chunk_tokens < 1:
+            raise ValueError(f"model.logprob_chunk_tokens must be >= 1 or null, got {logprob_chunk_tokens}")
         self.max_grad_norm, self.gradient_checkpointing = max_grad_norm, gradient_checkpointing
         self.param_dtype, self.offload_reference = param_dtype, offload_reference
         self.lora = lora
@@ -121,6 +127,13 @@ class PolicyModule(LightningModule):
         self.sampler, self.estimator = sampler, estimator
 
     @property
+    def num_parameters(self) -> float:
+        """Parameters of the policy's forward pass (adapters included; a tied head counted once)."""
+        from ibpo_lightning.models.lora import base_model
+
+        return float(sum(p.numel() for p in base_model(self.policy).parameters()))
+
+    @property
     def needs_reference(self) -> bool:
         return self.loss.kl_coef > 0 or bool(self.estimator is not None and self.estimator.needs_reference)
 
@@ -142,7 +155,7 @@ class PolicyModule(LightningModule):
         temperature = self.sampler.scoring_temperature if self.sampler is not None else 1.0
         self.scorer = Scorer(self.policy, self.reference, temperature, self.micro_batch_size, self.micro_batch_tokens,
                              DataParallel(world, self.policy), self.tokenizer.pad_token_id,
-                             share_prompts=self.device_mesh is None)
+                             share_prompts=self.device_mesh is None, chunk_tokens=self.logprob_chunk_tokens)
         self.update = PolicyUpdate(self.loss, self.scorer, self.manual_backward, self.ppo_epochs, self.mini_batches,
                                    self.max_grad_norm, self.tis_cap, lag_corrected=self.max_policy_lag > 0)
 
@@ -165,6 +178,7 @@ class PolicyModule(LightningModule):
 
     # -- training: one RL step ---------------------------------------------------------------
     def training_step(self, batch: RolloutBatch, batch_idx: int) -> None:
+        self.scorer.tokens_scored = 0
         lag = self.policy_version - batch.policy_version
         if not 0 <= lag <= self.max_policy_lag:
             raise StaleBatchError(
@@ -175,18 +189,19 @@ class PolicyModule(LightningModule):
         start = time.perf_counter()
         if self.needs_reference:  # KL in the loss or in the estimator's reward: computed once
             batch.ref_logprobs = self.scorer.full(batch, batch.rows(lambda t: t.trained), "reference")
+        reference_time, start = time.perf_counter() - start, time.perf_counter()
         self.estimator.prepare(batch, self.scorer)
         batch.advantages, batch.loss_weights = self.estimator.assign(batch)
         credit_time = time.perf_counter() - start
         noise = self._gradient_noise(batch)
-        start = time.perf_counter()
         opt, sched = self.optimizers(), self.lr_schedulers()
         metrics = self.update.run(batch, opt, sched, self.policy_version, lag)
         self.policy_version += 1
         metrics.update(batch_metrics(batch))
-        metrics["time/estimator"] = metrics.get("time/estimator", 0.0) + credit_time
-        metrics.update({"time/train": time.perf_counter() - start, "train/lr": sched.get_last_lr()[0],
-                        "policy_version": float(self.policy_version)})
+        metrics["time/estimator"] = metrics.get("time/estimator", 0.0) + credit_time  # plan + prepare + assign
+        metrics["time/logprobs"] += reference_time  # reference and old-policy passes
+        metrics.update({"train/lr": sched.get_last_lr()[0], "policy_version": float(self.policy_version),
+                        "logprobs/tokens": float(self.scorer.tokens_scored), "model/parameters": self.num_parameters})
         self.log("reward", metrics["train/reward_mean"], prog_bar=True, on_step=True, on_epoch=False, logger=False)
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(batch), sync_dist=self.update.scorer.parallel.world > 1)
         for logger in self.loggers if noise else ():  # straight to the loggers: log_dict would repeat it every step

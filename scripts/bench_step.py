@@ -6,7 +6,17 @@
 Runs ``ibpo fit`` in a child process with validation and checkpoints off and the
 :class:`~ibpo_lightning.diagnostics.StepClock` callback on, then averages the logged phase times
 over the steps after ``--warmup``. Arguments after ``--`` go to ``ibpo fit`` unchanged. Writes
-``summary.json`` in ``--out`` and prints a markdown row.
+``summary.json`` in ``--out`` and prints a markdown row, then a per-phase table: seconds, tokens,
+achieved GFLOP/s and its share of this machine's matrix-multiply peak, measured by a probe
+(square matmuls, fp32 and bf16, on the threads torch uses), and the padding fraction of the
+train micro-batches.
+
+FLOPs are model FLOPs, the usual MFU convention: 2 x parameters per token of a forward pass and
+6 x for forward + backward, attention's own FLOPs left out. Generation counts every generated
+token and each call's prompt tokens once (an upper bound where vLLM's prefix cache reuses a
+prompt); the log-prob phase counts the tokens of its no-grad passes (reference, old policy);
+training counts the unpadded tokens of its micro-batches (a shared prompt is run once there, so
+this too is an upper bound on the work done). Weight sync moves bytes: seconds only.
 """
 
 from __future__ import annotations
@@ -73,7 +83,10 @@ def summarise(csv_dir: Path, warmup: int) -> dict[str, float]:
                trained_tokens_per_s=mean("throughput/trained_tokens_per_s"),
                generated_tokens_per_step=sum(mean(k) for k in s if k.startswith("tokens/")),
                peak_rss_gib=max(v for _, v in s["memory/peak_rss_gib"]),
-               reward_mean=mean("train/reward_mean"))
+               reward_mean=mean("train/reward_mean"),
+               parameters=mean("model/parameters"), prompt_tokens_per_step=mean("generate/prompt_tokens"),
+               logprob_tokens_per_step=mean("logprobs/tokens"), train_tokens_per_step=mean("train/tokens_real"),
+               train_padded_tokens_per_step=mean("train/tokens_padded"))
     if "memory/peak_cuda_gib" in s:
         out["peak_cuda_gib"] = max(v for _, v in s["memory/peak_cuda_gib"])
     return out
@@ -87,6 +100,44 @@ def markdown(label: str, r: dict[str, float]) -> str:
 
 HEADER = ("| run | " + " | ".join(PHASES) + " | step (s, mean ± sd) | generated tokens / step | "
           "generated tokens / s | peak RSS (GiB) |\n|---|" + "---|" * (len(PHASES) + 4))
+
+
+def matmul_peak(dtype, size: int = 2048, repeats: int = 5) -> float:
+    """Best-of-``repeats`` GFLOP/s of a ``size`` x ``size`` matrix multiply in ``dtype``."""
+    import time
+
+    import torch
+
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def phase_table(r: dict[str, float], peaks: dict[str, float]) -> str:
+    """Per phase: seconds, tokens, model GFLOP/s and its share of each dtype's probed peak."""
+    p = r["parameters"]
+    generated = r["generated_tokens_per_step"] + r["prompt_tokens_per_step"]
+    rows = [("generate", r["generate_s"], generated, 2 * p * generated),
+            ("log-probs", r["logprobs_s"], r["logprob_tokens_per_step"], 2 * p * r["logprob_tokens_per_step"]),
+            ("train", r["train_s"], r["train_tokens_per_step"], 6 * p * r["train_tokens_per_step"]),
+            ("sync", r["sync_s"], 0.0, 0.0)]
+    names = list(peaks)
+    lines = ["| phase | s | tokens | GFLOP/s | " + " | ".join(f"% of {n} peak ({peaks[n]:.0f})" for n in names) + " |",
+             "|---|---|---|---|" + "---|" * len(names)]
+    for name, seconds, tokens, flops in rows:
+        rate = flops / seconds / 1e9 if seconds > 0 and flops else 0.0
+        shares = " | ".join(f"{100 * rate / peaks[n]:.0f}%" if rate else "-" for n in names)
+        lines.append(f"| {name} | {seconds:.2f} | {tokens:.0f} | {rate:.1f} | {shares} |")
+    padded = r["train_padded_tokens_per_step"]
+    padding = 1 - r["train_tokens_per_step"] / padded if padded else 0.0
+    lines.append(f"\ntrain micro-batches: {100 * padding:.1f}% padding ({r['train_tokens_per_step']:.0f} tokens "
+                 f"of {padded:.0f} padded, summed over the step's passes)")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -104,9 +155,15 @@ def main() -> None:
     if args.export_prompts:
         return export_prompts(args.config, args.steps, args.export_prompts)
     result = summarise(bench(args.config, args.steps, args.out, extra), args.warmup)
+    import torch
+
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    result["matmul_peak_gflops"] = peaks
     (args.out / "summary.json").write_text(json.dumps(result, indent=2))
     print(HEADER)
     print(markdown(args.label or args.out.name, result))
+    print()
+    print(phase_table(result, peaks))
 
 
 if __name__ == "__main__":

@@ -48,3 +48,56 @@ def test_shared_prompt_logprobs_and_gradients_equal_plain_forward(name):
     assert torch.all(entropy[score == 0] == 0) and torch.all(entropy[score > 0] > 0)
     for g_got, p in zip(got_grads, model.parameters()):
         assert (g_got - p.grad).norm() <= 1e-3 * p.grad.norm() + 1e-8  # fp32 summation order differs
+
+
+def _saved_bytes(fn, params=()) -> int:
+    """Bytes of the tensors autograd keeps for the backward pass while ``fn`` runs (each storage
+    once; the parameters', which exist anyway, left out)."""
+    seen: dict[int, int] = {}
+    existing = {p.untyped_storage().data_ptr() for p in params}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in existing:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return sum(seen.values()), out
+
+
+@pytest.mark.parametrize("share_prompts", [True, False])
+def test_chunked_head_equals_the_plain_head_in_values_entropy_and_gradients(share_prompts):
+    model, _ = load_policy("tiny-random-llama")
+    ids, attn, score = group_batch()
+    weights = torch.rand(score.shape, generator=torch.Generator().manual_seed(2)) * score
+    results = {}
+    for chunk in (None, 3):  # 3 positions per chunk: 24 scored positions run in 8 chunks
+        model.zero_grad()
+        logp, entropy = token_logprobs(model, ids, attn, score, temperature=0.7, with_entropy=True,
+                                       share_prompts=share_prompts, chunk_tokens=chunk)
+        (logp * weights).sum().backward()
+        results[chunk] = logp.detach(), entropy, [p.grad.clone() for p in model.parameters()]
+    (plain, plain_entropy, plain_grads), (chunked, chunked_entropy, chunked_grads) = results[None], results[3]
+    assert torch.allclose(chunked, plain, atol=1e-5) and torch.allclose(chunked_entropy, plain_entropy, atol=1e-5)
+    for a, b in zip(chunked_grads, plain_grads):
+        assert (a - b).norm() <= 1e-4 * b.norm() + 1e-8
+
+
+def test_chunked_head_keeps_no_vocabulary_sized_tensor_for_backward():
+    """What autograd keeps for the head: the plain head keeps [positions, vocabulary] logits, the
+    chunked head only the hidden states, so its saved bytes do not grow with the vocabulary."""
+    from ibpo_lightning.losses.chunked_head import head_logprobs
+
+    positions, hidden_size, vocab = 512, 64, 49152
+    head = torch.nn.Linear(hidden_size, vocab, bias=False)
+    hidden = torch.randn(positions, hidden_size, requires_grad=True)
+    targets = torch.randint(0, vocab, (positions,))
+    plain, (logp_plain, _) = _saved_bytes(lambda: head_logprobs(head, hidden, targets, 1.0, None, False),
+                                          head.parameters())
+    chunked, (logp_chunked, _) = _saved_bytes(lambda: head_logprobs(head, hidden, targets, 1.0, 64, False),
+                                              head.parameters())
+    logits_bytes = positions * vocab * 4
+    assert plain >= logits_bytes  # at least the float logits
+    assert chunked <= positions * (hidden_size * 4 + 8)  # the hidden states and the targets, nothing more
+    assert torch.allclose(logp_plain, logp_chunked, atol=1e-5)

@@ -160,3 +160,37 @@ def test_two_processes_load_tiny_random_llama(tmp_path: Path) -> None:
     assert vocab == ("49152", "49152")
     assert (root / "tiny-random-llama" / "config.json").is_file()
     assert not list(root.glob(".tiny-random-llama.partial-*"))
+
+
+_RANK_ONE_BUILDS = """
+import os, sys, torch.distributed as dist
+from pathlib import Path
+rank = int(sys.argv[1])
+dist.init_process_group("gloo", init_method=f"file://{sys.argv[2]}", rank=rank, world_size=2)
+from ibpo_lightning.models import load_policy
+from ibpo_lightning.models.cache import is_cached
+if rank == 1:  # rank 1 takes the build, as it does whenever it reaches the lock first
+    model, _ = load_policy("tiny-random-llama")
+dist.barrier()
+if rank == 0:
+    assert is_cached("tiny-random-llama")
+    model, _ = load_policy("tiny-random-llama")
+print(model.config.model_type, sum(p.numel() for p in model.parameters()))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_a_rank_other_than_zero_builds_a_complete_entry(tmp_path):
+    """transformers' save_pretrained writes only on global rank 0 of an initialised process group;
+    the cache builds in a fresh process there, so whichever rank builds, the entry is whole."""
+    env = {**os.environ, CACHE_ENV: str(tmp_path / "cache"), "PYTHONPATH": str(_REPO)}
+    store = tmp_path / "store"
+    procs = [subprocess.Popen([sys.executable, "-c", _RANK_ONE_BUILDS, str(rank), str(store)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    assert outs[0][0].split() == outs[1][0].split() and outs[0][0].split()[0] == "llama"
+    config = json.loads((tmp_path / "cache" / "tiny-random-llama" / "config.json").read_text())
+    assert config["model_type"] == "llama"

@@ -126,6 +126,7 @@ class RLDataModule(LightningDataModule):
         batch.stats["time/estimator"] = time.perf_counter() - start
         for kind, count in self.sampler.tokens_by_kind.items():
             batch.stats[f"tokens/{kind}"] = float(count)
+        batch.stats["generate/prompt_tokens"] = float(self.sampler.prompt_tokens)
         return batch.collate(self.sampler.tokenizer.pad_token_id)
 
     def train_dataloader(self) -> DataLoader:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from ibpo_lightning.losses.chunked_head import head_logprobs
+
 
 def token_logprobs(
     model: torch.nn.Module,
@@ -21,13 +23,16 @@ def token_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     share_prompts: bool = True,
+    chunk_tokens: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(x_t | x_<t) where ``score_mask`` is set (0 elsewhere), and optionally the entropy.
 
     Logits are divided by the sampling temperature so the trainer scores the distribution the
     engine sampled from. Returns [n, L] tensors aligned with ``input_ids``. ``share_prompts``
     runs a prompt shared by several rows once (off under FSDP, where every call must make the
-    same collectives whatever the rows are).
+    same collectives whatever the rows are). ``chunk_tokens`` runs the output head over at most
+    that many scored positions at a time and never keeps their whole [positions, vocabulary]
+    logits (``losses.chunked_head``; None: all at once).
     """
     if not _has_decoder(model):  # no separable output projection: full logits
         wanted = _predictable(score_mask)
@@ -40,8 +45,9 @@ def token_logprobs(
         hidden, wanted = _shared_prompt_hidden(model, input_ids, attention_mask, score_mask, starts, contexts)
     else:
         hidden, wanted = _plain_hidden(model, input_ids, attention_mask, score_mask)
-    logits = model.get_output_embeddings()(hidden)
-    return _scatter_logprobs(logits.float() / temperature, input_ids, wanted, with_entropy)
+    picked, entropy = head_logprobs(model.get_output_embeddings(), hidden, input_ids[wanted], temperature,
+                                    chunk_tokens, with_entropy)
+    return _scatter(picked, entropy, input_ids, wanted)
 
 
 def _has_decoder(model) -> bool:
@@ -104,16 +110,24 @@ def _shared_prompt_hidden(model, input_ids, attention_mask, score_mask, starts, 
     return predicting[tail_wanted], wanted
 
 
+def _scatter(picked, entropy, input_ids, wanted):
+    """Per-position log-probs (and entropies), in row-major order of ``wanted``, into [n, L] tensors."""
+    logp = torch.zeros(input_ids.shape, dtype=picked.dtype, device=input_ids.device)
+    logp[wanted] = picked
+    full_entropy = None
+    if entropy is not None:
+        full_entropy = torch.zeros_like(logp)
+        full_entropy[wanted] = entropy.detach()
+    return logp, full_entropy
+
+
 def _scatter_logprobs(logits, input_ids, wanted, with_entropy):
-    """Log-prob (and entropy) of each wanted token, placed into [n, L] tensors."""
+    """Log-prob (and entropy) of each wanted token from full logits, placed into [n, L] tensors."""
     targets = input_ids[wanted]  # row-major order, as the hidden states were gathered
     logz = torch.logsumexp(logits, dim=-1)
     picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
-    logp = torch.zeros(input_ids.shape, dtype=picked.dtype, device=input_ids.device)
-    logp[wanted] = picked
     entropy = None
     if with_entropy:
         with torch.no_grad():
-            entropy = torch.zeros_like(logp)
-            entropy[wanted] = logz - (torch.softmax(logits, dim=-1) * logits).sum(-1)
-    return logp, entropy
+            entropy = logz - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+    return _scatter(picked, entropy, input_ids, wanted)

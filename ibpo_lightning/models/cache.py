@@ -4,6 +4,7 @@ ask for it at the same time, and renamed into place only when complete."""
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import shutil
 import tempfile
@@ -81,6 +82,22 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _run_build(name: str, build: Callable[[Path], None], tmp: Path) -> None:
+    """``build(tmp)``, in a fresh process when this one is a rank of an initialised process group:
+    transformers' ``save_pretrained`` writes only on global rank 0 there, so a build on another
+    rank (whichever takes the lock first) would leave an entry without weights or config."""
+    import torch
+
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        build(tmp)
+        return
+    child = multiprocessing.get_context("spawn").Process(target=build, args=(tmp,), name=f"build-{name}")
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise RuntimeError(f"building the built-in model {name!r} failed in a child process (exit code {child.exitcode})")
+
+
 def materialize(name: str, build: Callable[[Path], None]) -> Path:
     """Return the cache directory of `name`, running `build(tmp_dir)` first if it is missing.
 
@@ -107,7 +124,7 @@ def materialize(name: str, build: Callable[[Path], None]) -> Path:
             _remove(final)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=final.parent))
         try:
-            build(tmp)
+            _run_build(name, build, tmp)
             tmp.chmod(0o755)  # mkdtemp creates it private; the cache entry is readable like others
             BUILDS[name] += 1
             try:

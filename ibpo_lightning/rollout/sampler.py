@@ -34,6 +34,8 @@ class Sampler:
         """Longest prompt + response the policy takes (None: unknown)."""
         self.policy_version = self.engine_version = 0
         self.tokens_by_kind: dict[str, int] = {}
+        self.prompt_tokens = 0
+        """Prompt tokens handed to the engine this step (each of a call's prompts once)."""
         self.calls = 0
 
     @property
@@ -75,6 +77,7 @@ class Sampler:
         out = self.engine.generate(prompts, n, max_new_tokens=budget,
                                    temperature=self.temperature if temperature is None else temperature,
                                    top_p=self.top_p, seed=self._call_seed(kind))
+        self.prompt_tokens += sum(len(p) for p in prompts)
         produced = sum(len(s.token_ids) for group in out for s in group)
         self.tokens_by_kind[kind] = self.tokens_by_kind.get(kind, 0) + produced
         return out
@@ -113,7 +116,7 @@ class Sampler:
         prompt cache, so what a step samples depends on the weights and the step only.
         """
         start = time.perf_counter()
-        self.tokens_by_kind, self.calls = {}, 0
+        self.tokens_by_kind, self.prompt_tokens, self.calls = {}, 0, 0
         self.engine.reset_cache()
         prompts = [self.encode(p.prompt, system_prompt) for p in problems]
         groups = self.generate(prompts, self.group_size)

@@ -36,14 +36,19 @@ class Scorer:
         pad_id: token id of padding (for the empty passes that match another rank's).
         share_prompts: run a prompt shared by several rows once (off for sharded models, whose
             passes must make the same collectives whatever the rows are).
+        chunk_tokens: scored positions per chunk of the output head (None: all at once); peak
+            memory of a pass then holds at most this many positions' logits.
     """
 
     def __init__(self, policy, reference, temperature: float, micro_batch_size: int,
                  micro_batch_tokens: int | None = None, parallel: DataParallel | None = None, pad_id: int = 0,
-                 share_prompts: bool = True) -> None:
+                 share_prompts: bool = True, chunk_tokens: int | None = None) -> None:
         self.models = {"policy": policy, "reference": reference}
         self.temperature, self.micro_batch_size, self.micro_batch_tokens = temperature, micro_batch_size, micro_batch_tokens
         self.parallel, self.pad_id, self.share_prompts = parallel or DataParallel(), pad_id, share_prompts
+        self.chunk_tokens = chunk_tokens
+        self.tokens_scored = 0
+        """Tokens (prompt and response, no padding) run through ``full`` since the counter was reset."""
 
     def model(self, which: Which):
         model = self.models[which]
@@ -85,6 +90,7 @@ class Scorer:
                 continue
             logp, _, width = self.logprobs(batch, micro, which)
             out[micro, :width] = logp.float()
+            self.tokens_scored += int(batch.attention_mask[micro].sum())
         return out
 
     @torch.no_grad()
@@ -115,4 +121,4 @@ class Scorer:
 
     def _score(self, which, ids, attn, score, with_entropy):
         return self.model(which).token_logprobs(ids, attn, score, self.temperature, with_entropy,
-                                                share_prompts=self.share_prompts)
+                                                share_prompts=self.share_prompts, chunk_tokens=self.chunk_tokens)

@@ -11,6 +11,7 @@ on any rank is skipped on every rank, counted and reported, never applied.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from typing import Callable
 
@@ -47,16 +48,19 @@ class PolicyUpdate:
         self.empty_steps = 0
 
     def run(self, batch: RolloutBatch, opt, sched, step: int, lag: int = 0) -> dict[str, float]:
-        """All updates of ``batch``; averaged loss statistics and the log-prob mismatch."""
+        """All updates of ``batch``: averaged loss statistics, the log-prob mismatch, counters, and
+        the seconds of the old-policy pass (``time/logprobs``) and of the updates (``time/train``)."""
         parallel = self.scorer.parallel
         rows = [i for i in range(len(batch)) if bool(batch.loss_weights[i].any())]
         if parallel.reduce(len(rows), "max") == 0:  # every group solved or hopeless: nothing to learn
             self.empty_steps += 1
         busy = set(rows if self.loss.kl_coef > 0 else [i for i in rows if bool(batch.advantages[i].any())])
         several = self.ppo_epochs * self.mini_batches > 1  # then old log-probs are the trainer's, before the update
+        start = time.perf_counter()
         old = self.scorer.full(batch, sorted(busy)) if several else None
+        logprob_time, start = time.perf_counter() - start, time.perf_counter()
         minis = parallel.pad(batch.split_groups(rows, self.mini_batches))
-        totals: dict[str, float] = {}
+        totals: dict[str, float] = {"tokens_real": 0.0, "tokens_padded": 0.0}
         mismatch, updates = LogprobMismatch(), 0
         for epoch in range(self.ppo_epochs):
             for mini in minis:
@@ -69,9 +73,13 @@ class PolicyUpdate:
                 updates += 1
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0.0) + v
+        # token counts are sums over the step (forward+backward passes), statistics means over updates
+        counts = {f"train/{k}": totals.pop(k) for k in ("tokens_real", "tokens_padded")}
         out = {f"train/{k}": v / max(updates, 1) for k, v in totals.items()}
+        out.update(counts)
         out.update(mismatch.metrics(lag))
-        out.update({"train/skipped_updates": float(self.skipped_updates), "train/empty_steps": float(self.empty_steps)})
+        out.update({"train/skipped_updates": float(self.skipped_updates), "train/empty_steps": float(self.empty_steps),
+                    "time/logprobs": logprob_time, "time/train": time.perf_counter() - start})
         return out
 
     def _update(self, batch, rows, busy, old, opt, step, mismatch) -> dict[str, float] | None:
@@ -87,6 +95,8 @@ class PolicyUpdate:
                 self.backward(self.scorer.empty_pass())
                 continue
             logp, entropy, width = self.scorer.logprobs(batch, micro, with_entropy=True)
+            stats["tokens_real"] = stats.get("tokens_real", 0.0) + float(batch.attention_mask[micro, :width].sum())
+            stats["tokens_padded"] = stats.get("tokens_padded", 0.0) + float(len(micro) * width)
             w = batch.loss_weights[micro, :width]
             old_logp = old[micro, :width] if old is not None else logp.detach()
             ref_logp = batch.ref_logprobs[micro, :width] if batch.ref_logprobs is not None else None
