@@ -4,6 +4,7 @@ import os
 import pickle
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -93,6 +94,32 @@ def test_math_verify_math_style(reward):
     assert reward(list(completions), list(answers)) == list(expected)
 
 
+NOTATIONS = [  # (completion, reference, score): equal numbers in another notation score 1, others 0
+    ("\\boxed{8.7e8}", "8.7 \\times 10^{8}", 1.0),
+    ("\\boxed{3e6}", "3000000", 1.0),
+    ("\\boxed{3 \\times 10^{6}}", "3e6", 1.0),
+    ("\\boxed{1.5E-3}", "0.0015", 1.0),
+    ("\\boxed{\\frac{4 A}{3+3 i}}", "\\frac{4A}{3+3i}", 1.0),
+    ("\\boxed{\\dfrac{1}{2}}", "\\frac{1}{2}", 1.0),
+    ("\\boxed{\\tfrac{1}{2}}", "\\frac12", 1.0),
+    ("\\boxed{1,234,567}", "1234567", 1.0),
+    ("\\boxed{12 \\text{ cm}}", "12", 1.0),
+    ("\\boxed{50\\%}", "\\frac{1}{2}", 1.0),
+    ("\\boxed{2 x y}", "2xy", 1.0),
+    ("\\boxed{8.7e8}", "8.8 \\times 10^{8}", 0.0),
+    ("\\boxed{3e6}", "3000001", 0.0),
+    ("\\boxed{51\\%}", "\\frac{1}{2}", 0.0),
+    ("\\boxed{\\frac{4 A}{3+3 i}}", "\\frac{4B}{3+3i}", 0.0),
+    ("\\boxed{13 \\text{ cm}}", "12", 0.0),
+    ("The rate is 2e5 per year, so \\boxed{2e5}", "200000", 1.0),
+]
+
+
+def test_math_verify_reads_every_common_notation(reward):
+    scores = reward([c for c, _, _ in NOTATIONS], [a for _, a, _ in NOTATIONS])
+    assert scores == [s for _, _, s in NOTATIONS]
+
+
 def test_math_verify_rejects_mismatched_lengths(reward):
     with pytest.raises(ValueError, match="2 completions but 1 answers"):
         reward(["1", "2"], ["1"])
@@ -131,3 +158,15 @@ def test_math_verify_recovers_from_a_dead_worker():
         assert reward(["\\boxed{1}", "\\boxed{2}"], ["1", "2"]) == [1.0, 1.0]
     finally:
         reward.close()
+
+
+def test_gold_sweep_script_scores_gold_solutions_right_and_plus_one_wrong(shared_data):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gold_sweep", Path(__file__).parents[1] / "scripts/gold_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    results = {r["benchmark"]: r for r in sweep.main(["--data-dir", str(shared_data), "--limit", "40"])}
+    assert results["math500"]["solutions"] == 40 and results["gsm8k"]["solutions"] == 40
+    for r in results.values():
+        assert r["false_negative_rate"] == 0.0 and r["false_positive_rate"] == 0.0, r

@@ -17,6 +17,33 @@ from concurrent.futures.process import BrokenProcessPool
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _THOUSANDS_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _START_TIMEOUT_S = 120.0
+# 8.7e8, 3E-6: a number in e-notation (not part of a word or another number)
+_E_NOTATION = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)[eE]([+-]?\d+)(?![\w.])")
+# "4 A", "3 i": a coefficient spaced from a one-letter factor, which the parser reads as two terms
+_SPACED_FACTOR = re.compile(r"(\d)\s+([A-Za-z])(?![A-Za-z])")
+
+
+def normalise_notation(text: str) -> str:
+    """Rewrite notations ``math_verify`` misreads into ones it reads: e-notation as
+    ``a\times10^{k}``, and a coefficient spaced from a one-letter factor written together."""
+    text = _E_NOTATION.sub(lambda m: f"{m.group(1)}\\times10^{{{int(m.group(2))}}}", text)
+    return _SPACED_FACTOR.sub(r"\1\2", text)
+
+
+def _normalise_boxed(text: str) -> str:
+    """``normalise_notation`` applied to the content of every ``\\boxed{...}`` of ``text``."""
+    out, start = [], 0
+    while (open_at := text.find("\\boxed{", start)) >= 0:
+        i, depth = open_at + len("\\boxed{"), 1
+        j = i
+        while j < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[j], 0)
+            j += 1
+        if depth:  # unbalanced: leave the rest as it is
+            break
+        out.append(text[start:i] + normalise_notation(text[i : j - 1]) + "}")
+        start = j
+    return "".join(out) + text[start:]
 
 
 def _reference_text(answer: str) -> str:
@@ -25,16 +52,16 @@ def _reference_text(answer: str) -> str:
     if "####" in text:
         text = text.rsplit("####", 1)[1].strip().replace(",", "")
     if "\\boxed" in text:
-        return text
+        return _normalise_boxed(text)
     if _THOUSANDS.match(text):
         text = text.replace(",", "")
-    return f"\\boxed{{{text}}}"
+    return f"\\boxed{{{normalise_notation(text)}}}"
 
 
 def _completion_text(completion: str) -> str:
     """The part of a completion to parse: all of it, or the ``#### x`` line when not boxed."""
     if "\\boxed" in completion or "\\fbox" in completion or "####" not in completion:
-        return completion
+        return _normalise_boxed(completion)
     tail = completion.rsplit("####", 1)[1].strip()
     first_line = tail.splitlines()[0] if tail else ""
     # Unboxed on purpose: parse("18 dollars") finds 18, parse("\\boxed{18 dollars}") a product.
