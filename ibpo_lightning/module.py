@@ -21,7 +21,7 @@ from torchmetrics import MeanMetric
 from ibpo_lightning.diagnostics import group_gradient_noise
 from ibpo_lightning.evaluation import EvalConfig, EvalSuite
 from ibpo_lightning.losses import PolicyLoss
-from ibpo_lightning.models.lora import LoraConfig
+from ibpo_lightning.models.lora import LoraConfig, base_model
 from ibpo_lightning.models.policy import build_models
 from ibpo_lightning.rng import rng_states, set_rng_states
 from ibpo_lightning.tasks.base import Task
@@ -109,6 +109,7 @@ class PolicyModule(LightningModule):
                              f"{max_policy_lag} and {tis_cap}")
         self.max_policy_lag, self.tis_cap, self.grad_noise_every = max_policy_lag, tis_cap, grad_noise_every
         self.policy = self.reference = self.tokenizer = None
+        self.num_parameters = 0.0
         self.scorer: Scorer | None = None
         self.update: PolicyUpdate | None = None
         self.sampler = self.estimator = None
@@ -125,13 +126,6 @@ class PolicyModule(LightningModule):
         """The sampler (evaluation, and the temperature tokens are scored at) and the estimator
         (credit); called once by the wiring (``wiring.connect``)."""
         self.sampler, self.estimator = sampler, estimator
-
-    @property
-    def num_parameters(self) -> float:
-        """Parameters of the policy's forward pass (adapters included; a tied head counted once)."""
-        from ibpo_lightning.models.lora import base_model
-
-        return float(sum(p.numel() for p in base_model(self.policy).parameters()))
 
     @property
     def needs_reference(self) -> bool:
@@ -151,6 +145,8 @@ class PolicyModule(LightningModule):
             self.model_name, with_reference=self.needs_reference, lora=self.lora,
             gradient_checkpointing=self.gradient_checkpointing, mesh=self.device_mesh,
             param_dtype=self.param_dtype, offload_reference=self.offload_reference)
+        # parameters of the forward pass (adapters included, a tied head once): the FLOP count's base
+        self.num_parameters = float(sum(p.numel() for p in base_model(self.policy).parameters()))
         world = self.trainer.world_size if self._trainer is not None else 1
         temperature = self.sampler.scoring_temperature if self.sampler is not None else 1.0
         self.scorer = Scorer(self.policy, self.reference, temperature, self.micro_batch_size, self.micro_batch_tokens,
@@ -203,7 +199,7 @@ class PolicyModule(LightningModule):
         metrics.update({"train/lr": sched.get_last_lr()[0], "policy_version": float(self.policy_version),
                         "logprobs/tokens": float(self.scorer.tokens_scored), "model/parameters": self.num_parameters})
         self.log("reward", metrics["train/reward_mean"], prog_bar=True, on_step=True, on_epoch=False, logger=False)
-        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(batch), sync_dist=self.update.scorer.parallel.world > 1)
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(batch), sync_dist=self.scorer.parallel.world > 1)
         for logger in self.loggers if noise else ():  # straight to the loggers: log_dict would repeat it every step
             logger.log_metrics({**noise, "policy_version": float(self.policy_version)}, step=self.global_step)
 

@@ -154,20 +154,21 @@ class RolloutBatch:
     def group_chunks(self, rows: list[int], max_rows: int, max_tokens: int | None = None) -> list[list[int]]:
         """Micro-batches of whole groups, each at most ``max_rows`` rows and, with ``max_tokens``,
         at most that many padded tokens (rows x longest row); a group over a limit is alone."""
-        def length(i: int) -> int:
-            t = self.trajectories[i]
-            return len(t.prompt_ids) + len(t.response_ids)
-
         chunks: list[list[int]] = []
         for g in self.groups_of(rows):
             if chunks:
                 merged = chunks[-1] + g
-                tokens = len(merged) * max(length(i) for i in merged)
+                tokens = len(merged) * max(self.row_length(i) for i in merged)
                 if len(merged) <= max_rows and (max_tokens is None or tokens <= max_tokens):
                     chunks[-1] = merged
                     continue
             chunks.append(list(g))
         return chunks
+
+    def row_length(self, row: int) -> int:
+        """Tokens of row ``row`` without padding (prompt + response)."""
+        t = self.trajectories[row]
+        return len(t.prompt_ids) + len(t.response_ids)
 
     def response_slice(self, row: int) -> slice:
         """Positions of row ``row``'s response tokens in the padded tensors."""

@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
+from ibpo_lightning.rewards.answer import box_end  # noqa: E402
 from ibpo_lightning.rewards.math_verify import MathVerifyReward  # noqa: E402
 
 
@@ -36,12 +37,9 @@ def last_boxed_span(text: str) -> tuple[int, int] | None:
     start = text.rfind("\\boxed{")
     if start < 0:
         return None
-    i, depth = start + len("\\boxed{"), 1
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return i, j
-    return None
+    start += len("\\boxed{")
+    end = box_end(text, start)
+    return (start, end) if end is not None else None
 
 
 def plus_one(answer: str) -> str:

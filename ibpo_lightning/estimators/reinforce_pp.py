@@ -44,6 +44,8 @@ class ReinforcePP(Estimator):
         eps: added to the variance when whitening.
     """
 
+    name = "reinforce_pp"
+
     def __init__(
         self,
         group_baseline: bool = False,
@@ -62,8 +64,6 @@ class ReinforcePP(Estimator):
         self.group_baseline, self.kl_coef, self.kl_estimator = group_baseline, kl_coef, kl_estimator
         self.gamma, self.shift_mean, self.eps = gamma, shift_mean, eps
         self.group_relative = group_baseline  # plain REINFORCE++ works with groups of one
-
-    name = "reinforce_pp"
 
     @property
     def needs_reference(self) -> bool:

@@ -12,12 +12,9 @@ _FRAC = re.compile(r"^\s*(-?)\s*\\[dt]?frac\{\s*(-?\d+)\s*\}\{\s*(-?\d+)\s*\}\s*
 _BOX_OPENERS = ("\\boxed{", "\\fbox{")
 
 
-def _last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (balanced braces), or None."""
-    starts = [text.rfind(opener) + len(opener) for opener in _BOX_OPENERS if opener in text]
-    start = max(starts, default=-1)
-    if start < 0:
-        return None
+def box_end(text: str, start: int) -> int | None:
+    """Index of the brace that closes a box whose content starts at ``start`` (braces balanced),
+    or None when it is never closed."""
     depth = 1
     for i in range(start, len(text)):
         if text[i] == "{":
@@ -25,8 +22,18 @@ def _last_boxed(text: str) -> str | None:
         elif text[i] == "}":
             depth -= 1
             if depth == 0:
-                return text[start:i]
+                return i
     return None
+
+
+def _last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (balanced braces), or None."""
+    starts = [text.rfind(opener) + len(opener) for opener in _BOX_OPENERS if opener in text]
+    start = max(starts, default=-1)
+    if start < 0:
+        return None
+    end = box_end(text, start)
+    return text[start:end] if end is not None else None
 
 
 def _number(text: str, last: bool = True) -> str | None:

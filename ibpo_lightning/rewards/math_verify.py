@@ -14,6 +14,8 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
+from ibpo_lightning.rewards.answer import box_end
+
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _THOUSANDS_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _START_TIMEOUT_S = 120.0
@@ -34,15 +36,12 @@ def _normalise_boxed(text: str) -> str:
     """``normalise_notation`` applied to the content of every ``\\boxed{...}`` of ``text``."""
     out, start = [], 0
     while (open_at := text.find("\\boxed{", start)) >= 0:
-        i, depth = open_at + len("\\boxed{"), 1
-        j = i
-        while j < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[j], 0)
-            j += 1
-        if depth:  # unbalanced: leave the rest as it is
+        i = open_at + len("\\boxed{")
+        end = box_end(text, i)
+        if end is None:  # unbalanced: leave the rest as it is
             break
-        out.append(text[start:i] + normalise_notation(text[i : j - 1]) + "}")
-        start = j
+        out.append(text[start:i] + normalise_notation(text[i:end]))
+        start = end
     return "".join(out) + text[start:]
 
 

@@ -90,7 +90,7 @@ class Scorer:
                 continue
             logp, _, width = self.logprobs(batch, micro, which)
             out[micro, :width] = logp.float()
-            self.tokens_scored += int(batch.attention_mask[micro].sum())
+            self.tokens_scored += sum(batch.row_length(i) for i in micro)
         return out
 
     @torch.no_grad()

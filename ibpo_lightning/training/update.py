@@ -46,6 +46,8 @@ class PolicyUpdate:
         self.tis_cap, self.lag_corrected = tis_cap, lag_corrected
         self.skipped_updates = 0
         self.empty_steps = 0
+        self.tokens_real = self.tokens_padded = 0
+        """Tokens of this step's forward/backward passes, without and with padding."""
 
     def run(self, batch: RolloutBatch, opt, sched, step: int, lag: int = 0) -> dict[str, float]:
         """All updates of ``batch``: averaged loss statistics, the log-prob mismatch, counters, and
@@ -60,8 +62,9 @@ class PolicyUpdate:
         old = self.scorer.full(batch, sorted(busy)) if several else None
         logprob_time, start = time.perf_counter() - start, time.perf_counter()
         minis = parallel.pad(batch.split_groups(rows, self.mini_batches))
-        totals: dict[str, float] = {"tokens_real": 0.0, "tokens_padded": 0.0}
+        totals: dict[str, float] = {}
         mismatch, updates = LogprobMismatch(), 0
+        self.tokens_real = self.tokens_padded = 0
         for epoch in range(self.ppo_epochs):
             for mini in minis:
                 mini = mini or []
@@ -73,10 +76,8 @@ class PolicyUpdate:
                 updates += 1
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0.0) + v
-        # token counts are sums over the step (forward+backward passes), statistics means over updates
-        counts = {f"train/{k}": totals.pop(k) for k in ("tokens_real", "tokens_padded")}
         out = {f"train/{k}": v / max(updates, 1) for k, v in totals.items()}
-        out.update(counts)
+        out.update({"train/tokens_real": float(self.tokens_real), "train/tokens_padded": float(self.tokens_padded)})
         out.update(mismatch.metrics(lag))
         out.update({"train/skipped_updates": float(self.skipped_updates), "train/empty_steps": float(self.empty_steps),
                     "time/logprobs": logprob_time, "time/train": time.perf_counter() - start})
@@ -95,8 +96,8 @@ class PolicyUpdate:
                 self.backward(self.scorer.empty_pass())
                 continue
             logp, entropy, width = self.scorer.logprobs(batch, micro, with_entropy=True)
-            stats["tokens_real"] = stats.get("tokens_real", 0.0) + float(batch.attention_mask[micro, :width].sum())
-            stats["tokens_padded"] = stats.get("tokens_padded", 0.0) + float(len(micro) * width)
+            self.tokens_real += sum(batch.row_length(i) for i in micro)
+            self.tokens_padded += len(micro) * width
             w = batch.loss_weights[micro, :width]
             old_logp = old[micro, :width] if old is not None else logp.detach()
             ref_logp = batch.ref_logprobs[micro, :width] if batch.ref_logprobs is not None else None
