@@ -23,6 +23,7 @@ from ibpo_lightning.evaluation import EvalConfig, EvalSuite
 from ibpo_lightning.losses import PolicyLoss
 from ibpo_lightning.models.lora import LoraConfig, base_model
 from ibpo_lightning.models.policy import build_models
+from ibpo_lightning.precision import compute_dtype
 from ibpo_lightning.rng import rng_states, set_rng_states
 from ibpo_lightning.tasks.base import Task
 from ibpo_lightning.training import DataParallel, PolicyUpdate, Scorer, batch_metrics
@@ -58,8 +59,12 @@ class PolicyModule(LightningModule):
         lora: train LoRA adapters instead of every weight (None: full fine-tuning); the engine
             receives merged weights.
         max_policy_lag: how many updates older than the policy a batch's sampler may be; 0 refuses
-            any stale batch. Above 0, advantages are weighted by the truncated importance ratio
-            ``min(pi_trainer / pi_engine, tis_cap)`` of each token.
+            any stale batch.
+        tis: weight advantages by the truncated importance ratio ``min(pi_trainer / pi_engine,
+            tis_cap)`` of each token, correcting for an engine that samples from a different
+            distribution than the trainer scores; None: on where the engine may differ (a
+            ``max_policy_lag`` above 0, or half-precision training, where engine and trainer
+            round differently), off otherwise.
         tis_cap: truncation of that importance ratio.
         evaluation: how validation and ``ibpo test`` sample and score.
         benchmarks: extra benchmarks evaluated beside the held-out split, by name: each task's
@@ -86,6 +91,7 @@ class PolicyModule(LightningModule):
         offload_reference: bool = False,
         lora: LoraConfig | None = None,
         max_policy_lag: int = 0,
+        tis: bool | None = None,
         tis_cap: float = 2.0,
         evaluation: EvalConfig | None = None,
         benchmarks: dict[str, Task] | None = None,
@@ -107,7 +113,8 @@ class PolicyModule(LightningModule):
         if max_policy_lag < 0 or tis_cap <= 0:
             raise ValueError(f"model.max_policy_lag must be >= 0 and model.tis_cap > 0, got "
                              f"{max_policy_lag} and {tis_cap}")
-        self.max_policy_lag, self.tis_cap, self.grad_noise_every = max_policy_lag, tis_cap, grad_noise_every
+        self.max_policy_lag, self.tis, self.tis_cap = max_policy_lag, tis, tis_cap
+        self.grad_noise_every = grad_noise_every
         self.policy = self.reference = self.tokenizer = None
         self.num_parameters = 0.0
         self.scorer: Scorer | None = None
@@ -152,8 +159,10 @@ class PolicyModule(LightningModule):
         self.scorer = Scorer(self.policy, self.reference, temperature, self.micro_batch_size, self.micro_batch_tokens,
                              DataParallel(world, self.policy), self.tokenizer.pad_token_id,
                              share_prompts=self.device_mesh is None, chunk_tokens=self.logprob_chunk_tokens)
+        half = self._trainer is not None and compute_dtype(self.trainer.precision) != torch.float32
+        tis = self.tis if self.tis is not None else self.max_policy_lag > 0 or half
         self.update = PolicyUpdate(self.loss, self.scorer, self.manual_backward, self.ppo_epochs, self.mini_batches,
-                                   self.max_grad_norm, self.tis_cap, lag_corrected=self.max_policy_lag > 0)
+                                   self.max_grad_norm, self.tis_cap, lag_corrected=tis)
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -249,3 +249,28 @@ def test_lora_policy_reaches_the_engine_as_merged_weights(smollm):
         assert ours != base, "the adapters changed nothing: the test shows nothing"
     finally:
         engine.sync_weights(model.named_parameters())
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_bf16_engine_samples_what_the_bf16_trainer_scores(smollm):
+    """Under ``bf16-mixed`` the engine (dtype auto) samples in bf16: its log-probs stay close to
+    the trainer's bf16-autocast scores (its fp32 weights cast in by ``bind``'s weight sync)."""
+    model, tok, _, _ = smollm
+    engine = VLLMEngine(max_model_len=256, seed=1)
+    engine.bind(model, tok, torch.bfloat16)
+    config = engine.llm.llm_engine.model_config
+    assert config.dtype == torch.bfloat16
+    prompts = [chat(tok, q) for q in QUESTIONS]
+    diffs = []
+    for prompt, group in zip(prompts, engine.generate(prompts, 4, max_new_tokens=16, temperature=1.0, seed=3)):
+        for s in group:
+            ids = torch.tensor([prompt + s.token_ids])
+            mask = torch.zeros_like(ids, dtype=torch.float32)
+            mask[0, len(prompt):] = 1
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                trainer, _ = token_logprobs(model, ids, torch.ones_like(ids), mask, 1.0)
+            diffs.append((trainer[0, len(prompt):] - torch.tensor(s.logprobs)).abs())
+    diff = torch.cat(diffs)
+    print(f"bf16 engine vs bf16 trainer: mean {float(diff.mean()):.4f}, max {float(diff.max()):.4f}")
+    assert float(diff.mean()) < 0.1 and float(diff.quantile(0.99)) < 1.0, (float(diff.mean()), float(diff.max()))

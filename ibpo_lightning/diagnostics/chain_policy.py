@@ -45,7 +45,7 @@ class NoisyCalculator(RolloutEngine):
         self.error_rate, self.locate_accuracy, self.rng = error_rate, locate_accuracy, random.Random(seed)
         self.tokenizer, self.marker = None, None
 
-    def bind(self, model, tokenizer) -> None:
+    def bind(self, model, tokenizer, compute_dtype=None) -> None:
         self.tokenizer = tokenizer
         bare = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
         full = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True)

@@ -19,6 +19,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from ibpo_lightning.models.attention import use_cpu_fp32_attention
 from ibpo_lightning.models.builtin import (
     BUILTIN_MODELS,
     TINY_RANDOM_LLAMA,
@@ -78,9 +79,14 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
 def load_policy(
     name_or_path: str, dtype: torch.dtype = torch.float32
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM in `dtype` and its tokenizer; the model is returned in eval mode."""
+    """Load a causal LM in `dtype` and its tokenizer; the model is returned in eval mode.
+
+    Its SDPA attention runs half precision in fp32 on CPU (``models.attention``: bf16 autocast
+    would otherwise spend a third of a training step in the CPU's slow bf16 attention backward).
+    """
     path = resolve_model_path(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    use_cpu_fp32_attention(model)
     tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(path))
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -7,6 +7,7 @@ import time
 from lightning.pytorch import Callback
 
 from ibpo_lightning.models.lora import rollout_weights
+from ibpo_lightning.precision import compute_dtype
 from ibpo_lightning.rollout.engine import RolloutEngine
 from ibpo_lightning.rollout.sampler import Sampler
 from ibpo_lightning.rollout.vllm_engine import default_engine
@@ -66,7 +67,8 @@ class RolloutCallback(Callback):
     # -- binding: once the policy exists and a checkpoint, if any, is restored ------------------
     def _bind(self, trainer, pl_module) -> None:
         if not self.sampler.bound:
-            self.sampler.bind(pl_module.policy, pl_module.tokenizer, pl_module.policy_version, trainer.global_rank)
+            self.sampler.bind(pl_module.policy, pl_module.tokenizer, pl_module.policy_version, trainer.global_rank,
+                              compute_dtype(trainer.precision))
             self.check_lag(pl_module.max_policy_lag)  # the HF engine keeps a copy of a sharded policy
 
     def on_train_start(self, trainer, pl_module) -> None:

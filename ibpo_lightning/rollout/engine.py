@@ -24,9 +24,11 @@ class Sample:
 class RolloutEngine(ABC):
     """Generates continuations of token prompts with the current policy.
 
-    ``bind`` hands the engine the trainer's model and tokenizer once; ``sync_weights`` streams
-    updated ``(name, tensor)`` pairs after optimizer steps (a no-op for engines that share the
-    trainer's module).
+    ``bind`` hands the engine the trainer's model and tokenizer once, with the dtype the trainer
+    computes in (``compute_dtype``: bf16 under ``bf16-mixed``; None: the model's parameter
+    dtype), which an engine samples in unless configured otherwise, so that sampling and scoring
+    share one numeric format; ``sync_weights`` streams updated ``(name, tensor)`` pairs after
+    optimizer steps (a no-op for engines that share the trainer's module).
     """
 
     tokenizer = None
@@ -34,7 +36,7 @@ class RolloutEngine(ABC):
     """True when the engine samples with the trainer's own module (never stale, no sync)."""
 
     @abstractmethod
-    def bind(self, model: torch.nn.Module, tokenizer) -> None: ...
+    def bind(self, model: torch.nn.Module, tokenizer, compute_dtype: torch.dtype | None = None) -> None: ...
 
     @abstractmethod
     def generate(

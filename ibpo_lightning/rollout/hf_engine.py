@@ -18,7 +18,9 @@ from ibpo_lightning.rollout.engine import RolloutEngine, Sample
 
 class HFEngine(RolloutEngine):
     """Samples with the trainer's own module (no weight copy, never stale); with a sharded
-    (FSDP2) policy, with a full copy per rank that each weight sync refreshes.
+    (FSDP2) policy, with a full copy per rank that each weight sync refreshes. It computes
+    in the trainer's compute dtype: under ``bf16-mixed``, the same bf16 autocast the trainer scores
+    with.
 
     Args:
         batch_size: distinct prompts pre-filled per chunk (each then sampled ``n`` times).
@@ -31,9 +33,13 @@ class HFEngine(RolloutEngine):
             raise ValueError(f"engine.batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
         self.model = None
+        self.autocast: torch.dtype | None = None
 
-    def bind(self, model: torch.nn.Module, tokenizer) -> None:
+    def bind(self, model: torch.nn.Module, tokenizer, compute_dtype: torch.dtype | None = None) -> None:
         self.tokenizer = tokenizer
+        first = next(model.parameters())
+        self.autocast = compute_dtype if compute_dtype in (torch.bfloat16, torch.float16) and \
+            compute_dtype != first.dtype else None
         if not is_sharded(model):
             self.model = model
             return
@@ -41,7 +47,6 @@ class HFEngine(RolloutEngine):
         # ranks, so this rank samples with a full copy that receives the weights at each sync
         from transformers import AutoModelForCausalLM
 
-        first = next(model.parameters())
         self.model = AutoModelForCausalLM.from_config(model.config, dtype=first.dtype).to(first.device)
         self.shares_weights = False
         self.sync_weights(rollout_weights(model))
@@ -59,14 +64,17 @@ class HFEngine(RolloutEngine):
         was_training = self.model.training
         self.model.eval()
         generator = None
+        device = next(self.model.parameters()).device
         if seed is not None:
-            generator = torch.Generator(next(self.model.parameters()).device).manual_seed(seed)
+            generator = torch.Generator(device).manual_seed(seed)
+        half = torch.autocast(device.type, self.autocast or torch.bfloat16, enabled=self.autocast is not None)
         try:
             out: list[list[Sample]] = []
-            for start in range(0, len(prompts), self.batch_size):
-                chunk = prompts[start : start + self.batch_size]
-                rows = self._sample(chunk, n, max_new_tokens, temperature, top_p, generator)
-                out.extend(rows[i * n : (i + 1) * n] for i in range(len(chunk)))
+            with half:
+                for start in range(0, len(prompts), self.batch_size):
+                    chunk = prompts[start : start + self.batch_size]
+                    rows = self._sample(chunk, n, max_new_tokens, temperature, top_p, generator)
+                    out.extend(rows[i * n : (i + 1) * n] for i in range(len(chunk)))
             return out
         finally:
             self.model.train(was_training)

@@ -47,14 +47,15 @@ class Sampler:
     def bound(self) -> bool:
         return self.tokenizer is not None
 
-    def bind(self, policy, tokenizer, version: int, rank: int = 0) -> None:
-        """Hand the engine the trainer's policy; refuse a length budget the model cannot hold."""
+    def bind(self, policy, tokenizer, version: int, rank: int = 0, compute_dtype=None) -> None:
+        """Hand the engine the trainer's policy and compute dtype (see ``RolloutEngine.bind``);
+        refuse a length budget the model cannot hold."""
         self.tokenizer, self.rank = tokenizer, rank
         self.context_length = getattr(getattr(policy, "config", None), "max_position_embeddings", None)
         if self.context_length is not None and self.max_new_tokens >= self.context_length:
             raise ValueError(f"rollout.max_new_tokens={self.max_new_tokens} does not fit the model's context of "
                              f"{self.context_length} positions (prompt included): lower it below {self.context_length}")
-        self.engine.bind(policy, tokenizer)
+        self.engine.bind(policy, tokenizer, compute_dtype)
         self.policy_version = self.engine_version = version
 
     # -- generation ---------------------------------------------------------------------------

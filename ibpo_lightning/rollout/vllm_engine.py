@@ -48,8 +48,9 @@ class VLLMEngine(RolloutEngine):
     """Colocated vLLM engine with weight sync from the trainer.
 
     Args:
-        dtype: engine dtype; ``auto`` uses the trainer's parameter dtype (same numerics as the
-            log-probs the trainer computes).
+        dtype: engine dtype; ``auto`` samples in the dtype the trainer computes in (bfloat16
+            under ``bf16-mixed``, else the policy's parameter dtype), so the engine's log-probs
+            and the trainer's share one numeric format.
         max_model_len: longest prompt + response the engine accepts; a longer request is an
             error naming the prompt and its length.
         seed: engine-level sampling seed.
@@ -101,19 +102,19 @@ class VLLMEngine(RolloutEngine):
         self.asleep: set[str] = set()  # tags vLLM has put to sleep ("weights", "kv_cache")
 
     # -- construction ----------------------------------------------------------------------
-    def bind(self, model: torch.nn.Module, tokenizer) -> None:
+    def bind(self, model: torch.nn.Module, tokenizer, compute_dtype: torch.dtype | None = None) -> None:
         self.tokenizer = tokenizer
-        self.llm = self._build(model)
+        self.llm = self._build(model, compute_dtype or next(model.parameters()).dtype)
         self.sync_weights(rollout_weights(model))  # e.g. a resumed policy differs from its files
 
-    def _build(self, model: torch.nn.Module):
+    def _build(self, model: torch.nn.Module, compute_dtype: torch.dtype):
         source = getattr(model, "name_or_path", "") or ""
         scratch = None
         if not os.path.isfile(os.path.join(source, "config.json")):
             scratch = tempfile.TemporaryDirectory(prefix="ibpo-vllm-")
             model.save_pretrained(scratch.name)
             source = scratch.name
-        dtype = self.dtype if self.dtype != "auto" else str(next(model.parameters()).dtype).removeprefix("torch.")
+        dtype = self.dtype if self.dtype != "auto" else str(compute_dtype).removeprefix("torch.")
         kwargs = dict(model=source, dtype=dtype, seed=self.seed, max_model_len=self.max_model_len,
                       enable_prefix_caching=self.enable_prefix_caching, skip_tokenizer_init=True,
                       logprobs_mode="processed_logprobs")
