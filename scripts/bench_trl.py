@@ -74,6 +74,7 @@ def main() -> None:
                         help="hf: transformers generate; paged: transformers continuous batching; "
                              "vllm: TRL's colocated vLLM")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (as ours under bf16-mixed)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_trl/run"))
     args = parser.parse_args()
 
@@ -90,7 +91,7 @@ def main() -> None:
         num_iterations=1, max_completion_length=args.max_new_tokens, temperature=args.temperature,
         top_p=1.0, top_k=0, learning_rate=args.lr, lr_scheduler_type="constant", beta=0.0,
         loss_type="grpo", scale_rewards="group", max_grad_norm=1.0, shuffle_dataset=False,
-        use_cpu=True, bf16=False, fp16=False, logging_steps=1, save_strategy="no", report_to="none",
+        use_cpu=True, bf16=args.bf16, fp16=False, logging_steps=1, save_strategy="no", report_to="none",
         seed=args.seed, dataloader_num_workers=0, model_init_kwargs={"dtype": torch.float32},
         use_vllm=args.engine == "vllm", vllm_mode="colocate",
         use_transformers_paged=args.engine == "paged",

@@ -10,11 +10,17 @@ ROUNDS=${1:-2}
 STEPS=${2:-5}
 OUT=runs/bench_trl
 CONFIGS=(-c configs/quickstart.yaml -c configs/estimators/grpo.yaml)
+# TRL trains in the precision ours resolves to (the quickstart's trainer.precision, auto by default)
+PRECISION=$(.venv/bin/python -c "
+from omegaconf import OmegaConf; from ibpo_lightning.precision import resolve_precision
+print(resolve_precision(OmegaConf.load('configs/quickstart.yaml').trainer.get('precision', 'auto'))[0])")
+TRL_PRECISION=(); [[ $PRECISION == bf16* ]] && TRL_PRECISION=(--bf16)
+echo "precision: $PRECISION (TRL: ${TRL_PRECISION[*]:-fp32})"
 .venv/bin/python scripts/bench_step.py "${CONFIGS[@]}" --steps "$STEPS" --export-prompts $OUT/prompts.jsonl
 for r in $(seq 1 "$ROUNDS"); do
   .venv/bin/python scripts/bench_step.py "${CONFIGS[@]}" --steps "$STEPS" --out $OUT/ours_vllm_r$r
   .venv/bin/python scripts/bench_step.py "${CONFIGS[@]}" --steps "$STEPS" --out $OUT/ours_hf_r$r \
     -- --rollout.engine ibpo_lightning.rollout.HFEngine
   .venv-trl/bin/python scripts/bench_trl.py --prompts $OUT/prompts.jsonl --steps "$STEPS" --engine hf \
-    --prompts-per-step 8 --group-size 8 --max-new-tokens 16 --lr 2e-5 --out $OUT/trl_hf_r$r
+    --prompts-per-step 8 --group-size 8 --max-new-tokens 16 --lr 2e-5 --out $OUT/trl_hf_r$r "${TRL_PRECISION[@]}"
 done
