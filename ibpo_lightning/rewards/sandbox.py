@@ -6,6 +6,9 @@ time. The child sets its own limits before the program runs (see :class:`Sandbox
 ``docs/code_reward.md``). When the parent runs as root the child drops to a sandbox uid leased
 for this run only, so the program cannot signal, read or write the parent's processes and files,
 and every process of that uid is killed afterwards. The whole process group is always killed.
+The child can write only its run directory (a read-only mount namespace and a Landlock domain,
+see :mod:`sandbox_fs`), and assert-style tests are judged here, on plain values the child sends
+back (see :mod:`test_plan`): the program never decides its own verdict.
 """
 
 from __future__ import annotations
@@ -13,24 +16,27 @@ from __future__ import annotations
 import atexit
 import fcntl
 import json
+import logging
 import os
 import secrets
 import select
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ibpo_lightning.rewards.sandbox_uids import kill_uid, lease_uid
+from ibpo_lightning.rewards.sandbox_values import decode_list
+from ibpo_lightning.rewards.test_plan import SAFE_CALLS, TestPlan, defined_names, harden, plan_test
+
 _CHILD = str(Path(__file__).with_name("sandbox_child.py"))
-_LOCK_DIR = Path(tempfile.gettempdir()) / "ibpo-sandbox-uids"
 _STATUS_BY_SIGNAL = {signal.SIGXCPU: "cpu_limit", signal.SIGXFSZ: "file_size_limit"}
 _SWEPT: set[int] = set()
 # A process that holds one empty network namespace for the children to join: creating a
@@ -47,6 +53,8 @@ while os.getppid() == parent:
 """
 _netns_lock = threading.Lock()
 _netns: dict = {}
+_log = logging.getLogger(__name__)
+_logged: set[tuple[str, str]] = set()
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,12 @@ class SandboxConfig:
         output_bytes: Leading bytes of stdout and stderr kept in the result.
         niceness: Added to the child's nice value so it yields the CPU to the trainer.
         isolate_network: Move the child into a new, empty network namespace where allowed.
+        isolate_files: Confine the child's writes to its run directory: a read-only mount
+            namespace and a Landlock domain, each where the kernel allows.
+        strict_tests: Judge assert-style tests here, on the plain values the child computes,
+            and make the child compare plain copies in any other test (see ``test_plan``).
+            False: every test runs in the child as written, with the values' own ``__eq__``
+            (for tests that compare objects of the program's classes; gameable).
         audit_hook: Also refuse sockets, exec/spawn, ctypes loading and signals to other
             processes from inside the interpreter (defence in depth; bypassable, not a boundary).
         drop_privileges: When the parent is root, run the program as a leased unprivileged uid.
@@ -82,6 +96,8 @@ class SandboxConfig:
     output_bytes: int = 4096
     niceness: int = 10
     isolate_network: bool = True
+    isolate_files: bool = True
+    strict_tests: bool = True
     audit_hook: bool = True
     drop_privileges: bool = True
     uid_base: int = 61000
@@ -113,6 +129,9 @@ class Result:
     wall_s: float
     network: str
     """How the network was cut off: ``namespace`` or ``audit-hook`` (``none`` if unreported)."""
+    filesystem: str = "none"
+    """The layers confining writes, joined by ``+``: ``mount-ns``, ``uid`` (a sandbox uid),
+    ``landlock-v<ABI>``; ``none`` if none (or unreported)."""
 
     def reward(self, partial: bool = False) -> float:
         """1.0 if every test passed (else 0.0), or with ``partial`` the fraction passed."""
@@ -124,19 +143,28 @@ class Result:
 def run_tests(program: str, tests: Sequence[str], setup: str = "", preamble: str = "",
               config: SandboxConfig | None = None) -> Result:
     """Run ``preamble``, ``program`` and ``setup`` in one namespace, then each test (a statement
-    such as ``assert f(1) == 2``) in it; a test passes when it raises nothing."""
+    such as ``assert f(1) == 2``) in it. A test made of asserts passes when they hold on the
+    values the child sends back; any other test passes when it raises nothing in the child."""
     config = config or SandboxConfig()
     root = os.geteuid() == 0 and config.drop_privileges
-    with _lease_uid(config) if root else nullcontext(None) as uid:
+    with lease_uid(config.uid_base, config.uid_count) if root else nullcontext(None) as uid:
         outer = Path(tempfile.mkdtemp(prefix="ibpo-sandbox-"))
         try:
             return _run_in(outer, uid, program, list(tests), setup, preamble, config)
         except BaseException:
             if uid is not None:
-                _kill_uid(uid)
+                kill_uid(uid)
             raise
         finally:
             shutil.rmtree(outer, ignore_errors=True)
+
+
+def _plans(program: str, tests: list[str], setup: str, preamble: str,
+           config: SandboxConfig) -> list[TestPlan | None]:
+    if not config.strict_tests:
+        return [None] * len(tests)
+    names = defined_names(preamble, program, setup) & SAFE_CALLS
+    return [plan_test(test, names) for test in tests]
 
 
 def _run_in(outer: Path, uid: int | None, program: str, tests: list[str], setup: str,
@@ -147,15 +175,23 @@ def _run_in(outer: Path, uid: int | None, program: str, tests: list[str], setup:
     if uid is not None:
         os.chown(work, uid, uid)
         if uid not in _SWEPT:  # anything left by a process that died while running under it
-            _kill_uid(uid)
+            kill_uid(uid)
             _SWEPT.add(uid)
     nonce = secrets.token_hex(16)
+    plans = _plans(program, tests, setup, preamble, config)
     read_end, write_end = os.pipe()
+    try:  # room for the values (the child writes without blocking; past this a test fails)
+        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 1 << 20)
+    except OSError:
+        pass
     request = {
         **{k: v for k, v in asdict(config).items() if k not in ("uid_base", "uid_count")},
         "cpu_s": config.cpu_s or max(1, int(-(-config.timeout_s // 1))),
         "nonce": nonce, "report_fd": write_end, "uid": uid, "preamble": preamble,
-        "program": program, "setup": setup, "tests": tests,
+        "program": program, "setup": setup,
+        "tests": [{"probes": list(p.probes)} if p else
+                  {"statement": harden(t) if config.strict_tests else t}
+                  for p, t in zip(plans, tests)],
         "shared_netns": _shared_netns() if config.isolate_network and uid is not None else None,
     }
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(work), "TMPDIR": str(work),
@@ -178,7 +214,7 @@ def _run_in(outer: Path, uid: int | None, program: str, tests: list[str], setup:
             _kill_group(process.pid)  # the leader is not reaped yet, so the group id is ours
             returncode = process.wait()
             if uid is not None:  # escapes from the group; then wait for init to reap them
-                _kill_uid(uid)
+                kill_uid(uid)
         finally:
             if process.returncode is None:
                 process.kill()
@@ -187,26 +223,36 @@ def _run_in(outer: Path, uid: int | None, program: str, tests: list[str], setup:
         report = _read_available(read_end)
         os.close(read_end)
         stdout, stderr = (_head(f, config.output_bytes) for f in (out, err))
-    return _result(report, nonce, len(tests), timed_out, returncode, stdout, stderr, wall_s)
+    result = _result(report, nonce, plans, timed_out, returncode, stdout, stderr, wall_s)
+    _log_protections(result)
+    return result
 
 
-def _result(report: str, nonce: str, total: int, timed_out: bool, returncode: int | None,
-            stdout: str, stderr: str, wall_s: float) -> Result:
-    passed: set[int] = set()
-    network, loaded, done = "none", True, False
+def _result(report: str, nonce: str, plans: list[TestPlan | None], timed_out: bool,
+            returncode: int | None, stdout: str, stderr: str, wall_s: float) -> Result:
+    """Judge the report. A test passes on exactly one line for it: its plan holding on the
+    values sent, or ``1`` for a test run in the child (two lines for one test: tampering)."""
+    said: dict[int, list[str]] = {}
+    network, files, loaded, done = "none", "none", True, False
     for line in report.splitlines():
-        fields = line.split(" ")
+        fields = line.split(" ", 3)
         if len(fields) < 2 or fields[0] != nonce:
             continue
         if fields[1] == "net" and len(fields) == 3:
             network = fields[2]
+        elif fields[1] == "fs" and len(fields) == 3:
+            files = fields[2]
         elif fields[1] == "load":
             loaded = False
         elif fields[1] == "done":
             done = True
-        elif len(fields) == 3 and fields[1].isdigit() and fields[2] == "1":
-            if int(fields[1]) < total:
-                passed.add(int(fields[1]))
+        elif fields[1].isdigit() and int(fields[1]) < len(plans):
+            said.setdefault(int(fields[1]), []).append(" ".join(fields[2:]))
+    verdicts = {i: len(lines) == 1 and _passes(plans[i], lines[0]) for i, lines in said.items()}
+    passed = sum(verdicts.values())
+    judged = [i for i, ok in verdicts.items() if not ok and plans[i] is not None]
+    for i in judged:  # the child printed no traceback for these: say which failed here
+        stderr += f"AssertionError: test {i} failed (judged by the harness)\n"
     if timed_out:
         status = "timeout"
     elif not loaded:
@@ -215,7 +261,30 @@ def _result(report: str, nonce: str, total: int, timed_out: bool, returncode: in
         status = "ok"
     else:
         status = _STATUS_BY_SIGNAL.get(-(returncode or 0), "crashed")
-    return Result(len(passed), total, status, returncode, stdout, stderr, wall_s, network)
+    return Result(passed, len(plans), status, returncode, stdout, stderr, wall_s, network, files)
+
+
+def _passes(plan: TestPlan | None, said: str) -> bool:
+    if plan is None:
+        return said == "1"
+    if not said.startswith("v "):
+        return False
+    try:
+        values = decode_list(said[2:])
+    except (ValueError, TypeError, RecursionError):  # malformed, or unhashable set items
+        return False
+    return plan.passes(values)
+
+
+def _log_protections(result: Result) -> None:
+    """Say once per process (and per combination) how programs are confined."""
+    key = (result.network, result.filesystem)
+    if result.network == "none" or key in _logged:  # "none": the child died in its set-up
+        return
+    _logged.add(key)
+    confined = "landlock" in key[1] or "mount-ns" in key[1]
+    _log.log(logging.INFO if confined else logging.WARNING,
+             "code sandbox protections: network=%s, files=%s", *key)
 
 
 def _shared_netns() -> tuple[int, str] | None:
@@ -256,67 +325,6 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def _pids_of(uid: int) -> tuple[list[int], int]:
-    """Live processes whose real uid is ``uid``, and how many zombies. (Read from ``status``:
-    after ``setuid`` a process is not dumpable and its ``/proc/<pid>`` belongs to root.)"""
-    live, zombies, prefix = [], 0, b"\nUid:\t%d\t" % uid
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/status", "rb") as f:
-                status = f.read()
-        except OSError:
-            continue
-        if prefix not in status:
-            continue
-        if b"\nState:\tZ" in status or b"\nState:\tX" in status:
-            zombies += 1
-        else:
-            live.append(int(entry.name))
-    return live, zombies
-
-
-def _kill_uid(uid: int, timeout_s: float = 10.0, zombie_wait_s: float = 2.0) -> None:
-    """SIGKILL every process of ``uid`` until none is left (escapes from the group included),
-    then wait up to ``zombie_wait_s`` for init to reap them (zombies count against NPROC)."""
-    start = time.monotonic()
-    while True:
-        live, zombies = _pids_of(uid)
-        if not live and (not zombies or time.monotonic() - start > zombie_wait_s):
-            return
-        for pid in live:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if live and time.monotonic() - start > timeout_s:
-            raise RuntimeError(f"sandbox uid {uid}: processes {live} survive SIGKILL")
-        time.sleep(0.002)
-
-
-@contextmanager
-def _lease_uid(config: SandboxConfig) -> Iterator[int]:
-    """An unused sandbox uid, held (by ``flock``, across processes) until the run ends."""
-    _LOCK_DIR.mkdir(mode=0o700, exist_ok=True)
-    info = _LOCK_DIR.lstat()  # refuse a directory planted by someone else (e.g. a symlink)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o077:
-        raise RuntimeError(f"{_LOCK_DIR} must be a directory owned by root with mode 0700")
-    for uid in range(config.uid_base, config.uid_base + config.uid_count):
-        fd = os.open(_LOCK_DIR / str(uid), os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue
-        try:
-            yield uid
-        finally:
-            os.close(fd)
-        return
-    raise RuntimeError(f"all {config.uid_count} sandbox uids from {config.uid_base} are in use")
 
 
 def _read_available(fd: int, limit: int = 1 << 20) -> str:
