@@ -50,7 +50,7 @@ def _hostile(name: str, program: str, tests=("assert True",), config=HOSTILE):
     start = time.monotonic()
     result = run_tests(program, list(tests), config=config)
     wall = time.monotonic() - start
-    case = os.environ.get("PYTEST_CURRENT_TEST", "?").split("::")[-1].split(" ")[0]
+    case = os.environ.get("PYTEST_CURRENT_TEST", "?").split("::")[-1].split("[")[0].split(" ")[0]
     print(f"\n[hostile] {case} | {name}: {wall:.2f} s wall, status {result.status}")
     assert result.reward() == 0.0 and result.reward(partial=True) == 0.0, result
     assert wall < config.timeout_s + 3.0
