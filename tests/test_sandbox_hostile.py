@@ -61,6 +61,7 @@ FS_CASES = {
     "hard link to outside file": "os.link('{open}/victim', 'mine')\nopen('mine', 'a').write('x')",
     "symlink planted outside": "os.symlink('/etc/passwd', '{open}/{name}')",
     "fifo outside": "os.mkfifo('{open}/{name}')",
+    "chmod outside": "os.chmod('{open}/victim', 0o777)",
 }
 
 

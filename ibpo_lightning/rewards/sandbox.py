@@ -32,6 +32,8 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ibpo_lightning.rewards import sandbox_fs  # noqa: F401  (compiled once here: the child, run
+# with -B, then imports the cached bytecode instead of compiling it for every program)
 from ibpo_lightning.rewards.sandbox_uids import kill_uid, lease_uid
 from ibpo_lightning.rewards.sandbox_values import decode_list
 from ibpo_lightning.rewards.test_plan import SAFE_CALLS, TestPlan, defined_names, harden, plan_test
