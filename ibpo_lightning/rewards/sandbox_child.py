@@ -209,12 +209,15 @@ def main() -> None:
     request["existing_processes"] = _own_process_count(os.getuid()) if request["uid"] is None else 0
     libc = _libc()
     sandbox_fs, sandbox_values = _helpers()
+    shared = request["shared_ns"]  # (holder pid, network namespace id, mount namespace id)
     network = "audit-hook"
     if request["isolate_network"]:
-        network = _isolate_network(libc, request["shared_netns"])
+        network = _isolate_network(libc, shared and shared[:2])
     work, files = os.getcwd(), []
-    if request["isolate_files"] and libc is not None and sandbox_fs.read_only_mounts(libc, work):
-        files.append("mount-ns")
+    if request["isolate_files"] and libc is not None:
+        if shared and shared[2] and sandbox_fs.join_mounts(libc, shared[0], shared[2], work) \
+                or sandbox_fs.read_only_mounts(libc, work):
+            files.append("mount-ns")
     _set_limits(request)
     if request["uid"] is not None:
         _keep_imports_readable()
