@@ -77,7 +77,7 @@ def test_dataset_row_without_answer_names_file_field_and_row(tmp_path):
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     with pytest.raises(ValueError, match=r"bad\.jsonl.*row 2.*'answer'"):
         fit(tmp_path, "--data.task=ibpo_lightning.tasks.JsonlTask", f"--data.task.train_path={data}",
-            "--data.task.heldout_size=1", "--data.task.reward=number")
+            "--data.task.heldout_size=1", "--data.task.reward=ibpo_lightning.rewards.NumberReward")
 
 
 def test_group_size_below_two_is_refused_for_group_estimators(tmp_path):
