@@ -1,14 +1,15 @@
 """Run a model-written Python program against tests in a separate, limited process.
 
 ``run_tests(program, tests)`` starts ``python -I -S -B sandbox_child.py`` in a new session, in a
-fresh temporary directory, with an empty environment, and waits at most ``timeout_s`` of wall
+fresh run directory under :data:`RUNS_DIR`, with an empty environment, and waits at most ``timeout_s`` of wall
 time. The child sets its own limits before the program runs (see :class:`SandboxConfig` and
 ``docs/code_reward.md``). When the parent runs as root the child drops to a sandbox uid leased
 for this run only, so the program cannot signal, read or write the parent's processes and files,
 and every process of that uid is killed afterwards. The whole process group is always killed.
 The child can write only its run directory (a read-only mount namespace and a Landlock domain,
 see :mod:`sandbox_fs`), and assert-style tests are judged here, on plain values the child sends
-back (see :mod:`test_plan`): the program never decides its own verdict.
+back (see :mod:`test_plan`): the program does not decide their verdict (it still can for tests
+of any other form, which only the child can run).
 """
 
 from __future__ import annotations
