@@ -73,7 +73,7 @@ def test_filesystem_writes_outside_the_run_dir(case, config, open_dir):
     body = FS_CASES[case].format(name=name, home=Path.home(), project=PROJECT, open=open_dir)
     before = sorted(os.listdir(open_dir))
     result = _hostile(f"fs: {case}", _attack(body), tests=["assert done"], config=config)
-    assert "mount-ns" in result.filesystem and "landlock" in result.filesystem
+    assert "mount-ns" in result.filesystem or "landlock" in result.filesystem
     for place in ("/", "/tmp", "/dev/shm", "/var/tmp", Path.home(), PROJECT, open_dir):
         assert not os.path.lexists(os.path.join(place, name)), place
     assert sorted(os.listdir(open_dir)) == before
@@ -131,6 +131,11 @@ COMPARISON_CASES = {
     "redefined check(candidate)": (
         "import builtins\ndef check(candidate):\n    pass\nbuiltins.check = check\n"
         "def f(x):\n    return 0\n", "def check(candidate):\n    assert candidate(1) == 2\n\ncheck(f)"),
+    "lying __sub__ under a tolerance": ("class Z:\n    __sub__ = __rsub__ = lambda *a: 0\n"
+                                        "def f(x):\n    return Z()\n",
+                                        "assert abs(f(1) - 3.5) < 1e-9"),
+    "sequence repeated by a huge count": ("def f(x):\n    return 10 ** 12\n",
+                                          "assert [0] * f(1) == [0]"),
     "value over the size limit": ("def f(x):\n    return [0] * 10 ** 6\n",
                                   "assert len(f(1)) == 10 ** 6 and f(1)[0] == 1"),
 }
@@ -142,8 +147,9 @@ def test_comparison_cannot_be_lied_to(case):
     _hostile(f"compare: {case}", program, tests=[test])
 
 
-@pytest.mark.parametrize("case", ["lying __eq__", "int subclass", "list subclass",
-                                  "lying __bool__", "patched builtins.len", "liar inside a list"])
+@pytest.mark.parametrize("case", ["lying __eq__", "int subclass", "list subclass", "lying __bool__",
+                                  "patched builtins.len", "liar inside a list",
+                                  "lying __sub__ under a tolerance"])
 def test_comparison_in_a_test_the_child_judges(case):
     """A test that is not plain asserts (a loop) runs in the child: its comparisons and truth
     tests are rewritten to compare plain copies, so the same liars fail there too."""

@@ -22,8 +22,12 @@ def test_a_builtin_name_the_program_defines_is_the_programs():
     assert plan_test("assert max([3]) == 3").probes == ()
 
 
-def test_arithmetic_on_program_values_runs_in_the_child():
-    assert plan_test("assert [0] * n(1) == []").probes == ("[0] * n(1)",)
+def test_arithmetic_on_program_values_runs_here_within_bounds():
+    plan = plan_test("assert abs(f(1) - 3.5) < 1e-9 and [0] * n(1) == [0, 0]")
+    assert plan.probes == ("f(1)", "n(1)")
+    assert plan.passes([3.5, 2]) and not plan.passes([3.6, 2])
+    assert not plan.passes([3.5, 10 ** 12])  # a sequence repeated past the bound is refused
+    assert not plan_test("assert 2 ** n(1) > 0").passes([10 ** 9])
     assert plan_test("assert f(1) == 2 ** 10").probes == ("f(1)",)
     assert plan_test("assert all(f(i) for i in range(3))").probes == ("[f(i) for i in range(3)]",)
 
@@ -41,6 +45,7 @@ def test_harden_rewrites_comparisons_and_asserts():
     assert "__sandbox_compare__(f(i), '==', i)" in text
     assert "__sandbox_compare__(i, 'not in', g())" in text
     assert "assert __sandbox_truth__(" in text
+    assert "__sandbox_binop__('-', f(1), 2)" in harden("assert abs(f(1) - 2) < 1e-6")
 
 
 @pytest.mark.parametrize("value", [None, True, 0, -(10 ** 5000), 1.5, math.inf, 2j, "s", b"\x00",

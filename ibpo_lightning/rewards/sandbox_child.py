@@ -110,24 +110,35 @@ def _audit_hook(event: str, args: tuple) -> None:
         raise PermissionError(f"sandbox: {event}{args} is not allowed")
 
 
-def _judges(plain_copy, bool_=bool):
-    """The comparison and truth test of a test judged here (see ``test_plan.harden``): on plain
-    copies only, so no ``__eq__``, ``__contains__`` or ``__bool__`` of the program runs."""
+def _judges(plain_copy, binop, bool_=bool):
+    """The comparisons, arithmetic and truth test of a test judged here (``test_plan.harden``):
+    on plain copies only, so no ``__eq__``, ``__sub__`` or ``__bool__`` of the program runs."""
     def compare(left, op, right):
         left, right = plain_copy(left), plain_copy(right)
         if op == "==":
             return left == right
         if op == "!=":
             return left != right
+        if op == "<":
+            return left < right
+        if op == "<=":
+            return left <= right
+        if op == ">":
+            return left > right
+        if op == ">=":
+            return left >= right
         return (left in right) if op == "in" else (left not in right)
+
+    def arithmetic(op, left, right):
+        return binop(op, plain_copy(left), plain_copy(right))
 
     def truth(value):
         return bool_(plain_copy(value))
 
-    return compare, truth
+    return compare, arithmetic, truth
 
 
-def _run(request, report, nonce, encode, compare, truth, exec_=exec, eval_=eval, compile_=compile,
+def _run(request, report, nonce, encode, compare, arithmetic, truth, exec_=exec, eval_=eval, compile_=compile,
          error=BaseException, enumerate_=enumerate, exit_=os._exit, len_=len, dict_=dict,
          builtins_=dict(builtins.__dict__), settrace=sys.settrace, setprofile=sys.setprofile):
     """Load the program, run each test, report; every name used is bound before the program
@@ -146,7 +157,8 @@ def _run(request, report, nonce, encode, compare, truth, exec_=exec, eval_=eval,
         settrace(None)
         setprofile(None)
         namespace["__builtins__"] = dict_(builtins_)
-        namespace["__sandbox_compare__"], namespace["__sandbox_truth__"] = compare, truth
+        namespace["__sandbox_compare__"], namespace["__sandbox_binop__"] = compare, arithmetic
+        namespace["__sandbox_truth__"] = truth
         try:
             if "probes" in test:
                 values = [encode(eval_(compile_(p, f"<test {index}>", "eval"), namespace))
@@ -238,7 +250,7 @@ def main() -> None:
     if request["audit_hook"]:
         sys.addaudithook(_audit_hook)
     _run(request, _reporter(fd), nonce, sandbox_values.encode,
-         *_judges(sandbox_values.plain_copy))
+         *_judges(sandbox_values.plain_copy, sandbox_values.binop))
 
 
 def _reporter(fd, write=os.write, error=OSError):

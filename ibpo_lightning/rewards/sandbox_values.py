@@ -17,10 +17,19 @@ references to every builtin it uses (the default arguments below).
 
 import collections
 import json
+import operator
 
 MAX_ITEMS = 200_000
 """Most values (containers and leaves together) in one encoded result."""
 MAX_DEPTH = 100
+
+
+MAX_RESULT = 1 << 20
+"""Largest result (items of a repeated sequence, bits of an integer) :func:`binop` computes."""
+_BINOPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
+           "//": operator.floordiv, "%": operator.mod, "**": operator.pow, "<<": operator.lshift,
+           ">>": operator.rshift, "&": operator.and_, "|": operator.or_, "^": operator.xor,
+           "@": operator.matmul}
 
 
 class Unencodable(ValueError):
@@ -92,6 +101,23 @@ def plain_copy(value, _type=type, _items=dict.items, _error=Unencodable,
         raise _error(f"not plain data: {t.__name__}")
 
     return walk(value, 0)
+
+
+def binop(op: str, left, right, _ops=_BINOPS, _type=type, _len=len, _abs=abs,
+          _error=Unencodable):
+    """``left <op> right`` on plain values, refused where the result could be huge (a sequence
+    repeated, a power, a shift past :data:`MAX_RESULT`): arithmetic of a test on values the
+    program chose, so it cannot lie (their own ``__sub__``) or stall the one computing it."""
+    if op == "*" and (_type(left) in (str, bytes, list, tuple) or _type(right) in (str, bytes, list, tuple)):
+        size, times = (left, right) if _type(right) is int else (right, left)
+        if _type(times) is int and _len(size) * _abs(times) > MAX_RESULT:
+            raise _error("repeated sequence too large")
+    if op == "**" and _type(right) is int and _type(left) is int and _abs(left) > 1:
+        if _abs(right) * left.bit_length() > MAX_RESULT:
+            raise _error("power too large")
+    if op == "<<" and _type(right) is int and right > MAX_RESULT:
+        raise _error("shift too large")
+    return _ops[op](left, right)
 
 
 def decode_list(text: str) -> list:

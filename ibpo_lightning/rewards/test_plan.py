@@ -26,6 +26,8 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
+from ibpo_lightning.rewards.sandbox_values import binop
+
 # Pure builtins a test may apply to values in the parent; a name the program (or setup, or
 # preamble) defines itself is the program's and becomes part of a probe instead.
 SAFE_CALLS = frozenset({
@@ -36,7 +38,10 @@ SAFE_CALLS = frozenset({
 SAFE_MATH = frozenset({"isclose", "fabs", "sqrt", "floor", "ceil", "trunc", "isnan", "isinf",
                        "isfinite", "pi", "e", "inf", "nan", "log", "log2", "log10", "exp"})
 _PARENT_GLOBALS = {"__builtins__": {name: getattr(builtins, name) for name in SAFE_CALLS},
-                   "math": math}
+                   "math": math, "__binop__": binop}
+_OPERATORS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//",
+              ast.Mod: "%", ast.Pow: "**", ast.LShift: "<<", ast.RShift: ">>", ast.BitAnd: "&",
+              ast.BitOr: "|", ast.BitXor: "^", ast.MatMult: "@"}
 
 
 @dataclass(frozen=True)
@@ -105,17 +110,22 @@ def plan_test(test: str, program_names: frozenset[str] = frozenset()) -> TestPla
     return TestPlan(tuple(probes), tuple(checks))
 
 
-COMPARE, TRUTH = "__sandbox_compare__", "__sandbox_truth__"
-_COMPARISONS = {ast.Eq: "==", ast.NotEq: "!=", ast.In: "in", ast.NotIn: "not in"}
+COMPARE, TRUTH, BINOP = "__sandbox_compare__", "__sandbox_truth__", "__sandbox_binop__"
+_COMPARISONS = {ast.Eq: "==", ast.NotEq: "!=", ast.In: "in", ast.NotIn: "not in", ast.Lt: "<",
+                ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">="}
+
+
+def _binop_call(name: str, left: ast.expr, op: ast.operator, right: ast.expr) -> ast.Call:
+    return ast.Call(ast.Name(name, ast.Load()), [ast.Constant(_OPERATORS[type(op)]), left, right], [])
 
 
 @lru_cache(maxsize=4096)
 def harden(test: str) -> str:
     """A test the child must judge itself, rewritten so that values the program made cannot lie
-    to it: every ``a == b`` (``!=``, ``in``, ``not in``) becomes ``__sandbox_compare__(a, "==",
-    b)`` and every ``assert e`` ``assert __sandbox_truth__(e)``; the child binds both to
-    functions that compare plain copies of the values (and refuse anything else), see
-    ``sandbox_child._compare``. Still inside the program's process: a program that tampers
+    to it: every ``a == b`` (any comparison but ``is``) becomes ``__sandbox_compare__(a, "==",
+    b)``, every ``a - b`` (any binary operator) ``__sandbox_binop__("-", a, b)`` and every
+    ``assert e`` ``assert __sandbox_truth__(e)``; the child binds them to functions that work on
+    plain copies of the values (and refuse anything else), see ``sandbox_child._judges``. Still inside the program's process: a program that tampers
     with the harness itself can defeat this, which judging in the parent does not allow."""
     try:
         tree = ast.parse(test)
@@ -130,6 +140,10 @@ def harden(test: str) -> str:
             op = ast.Constant(_COMPARISONS[type(node.ops[0])])
             call = ast.Call(ast.Name(COMPARE, ast.Load()), [node.left, op, node.comparators[0]], [])
             return ast.copy_location(call, node)
+
+        def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+            self.generic_visit(node)
+            return ast.copy_location(_binop_call(BINOP, node.left, node.op, node.right), node)
 
         def visit_Assert(self, node: ast.Assert) -> ast.AST:
             self.generic_visit(node)
@@ -181,8 +195,10 @@ class _Splitter(ast.NodeTransformer):
         if isinstance(node, (ast.Compare, ast.BoolOp, ast.UnaryOp, ast.IfExp, ast.List,
                              ast.Tuple, ast.Set, ast.Dict, ast.Subscript, ast.Slice, ast.Starred)):
             return self.generic_visit(node)
-        if isinstance(node, ast.BinOp):  # ``[0] * f(x)`` could fill the parent's memory
-            return node if _constant(node) else self.probe(node)
+        if isinstance(node, ast.BinOp):  # here, on the values: ``f(x) - y`` cannot lie
+            if _constant(node):
+                return node
+            return _binop_call("__binop__", self.visit(node.left), node.op, self.visit(node.right))
         if isinstance(node, ast.Name) and self._safe_name(node.id):
             return node
         if isinstance(node, ast.Call) and self._safe_callee(node.func):
