@@ -17,7 +17,9 @@ from __future__ import annotations
 import atexit
 import fcntl
 import json
+import hashlib
 import logging
+import marshal
 import os
 import secrets
 import select
@@ -34,8 +36,6 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ibpo_lightning.rewards import sandbox_fs  # noqa: F401  (compiled once here: the child, run
-# with -B, then imports the cached bytecode instead of compiling it for every program)
 from ibpo_lightning.rewards.sandbox_uids import kill_uid, lease_uid
 from ibpo_lightning.rewards.sandbox_values import decode_list
 from ibpo_lightning.rewards.test_plan import SAFE_CALLS, TestPlan, defined_names, harden, plan_test
@@ -206,6 +206,7 @@ def _run_in(outer: Path, uid: int | None, program: str, tests: list[str], setup:
                   {"statement": harden(t) if config.strict_tests else t}
                   for p, t in zip(plans, tests)],
         "shared_ns": _shared_namespaces() if uid is not None else None,
+        "compiled": _compiled_helpers() if config.python in (None, sys.executable) else None,
     }
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(work), "TMPDIR": str(work),
            "LANG": "C.UTF-8"}
@@ -298,6 +299,26 @@ def _log_protections(result: Result) -> None:
     confined = "landlock" in key[1] or "mount-ns" in key[1]
     _log.log(logging.INFO if confined else logging.WARNING,
              "code sandbox protections: network=%s, files=%s", *key)
+
+
+def _compiled_helpers() -> dict[str, str]:
+    """The child's helper modules compiled once, as marshal files in :data:`RUNS_DIR` (named by
+    a hash of their source), name -> path; the child loads them instead of compiling them."""
+    with _netns_lock:
+        if "compiled" not in _netns:
+            paths = {}
+            for name in ("sandbox_fs", "sandbox_values"):
+                source = Path(__file__).with_name(f"{name}.py")
+                text = source.read_bytes()
+                digest = hashlib.sha256(text + sys.version.encode()).hexdigest()[:16]
+                path = _runs_dir() / f"{name}-{digest}.marshal"
+                if not path.exists():
+                    partial = path.with_suffix(f".{os.getpid()}.partial")
+                    partial.write_bytes(marshal.dumps(compile(text, str(source), "exec")))
+                    partial.replace(path)
+                paths[name] = str(path)
+            _netns["compiled"] = paths
+        return _netns["compiled"]
 
 
 def _runs_dir() -> Path:
