@@ -262,6 +262,10 @@ class PolicyModule(LightningModule):
         self.log(f"{split}/policy_version", float(self.policy_version))
         self.print(f"{what} accuracy after {self.policy_version} steps: {accuracy:.3f}\n{table}")
 
+    def teardown(self, stage: str) -> None:
+        for task in self.benchmarks.values():  # their rewards' worker processes
+            task.close()
+
     # -- checkpoint state ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # the frozen reference is rebuilt from `model` on load: no need to store it every time

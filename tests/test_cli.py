@@ -77,7 +77,7 @@ def test_dataset_row_without_answer_names_file_field_and_row(tmp_path):
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     with pytest.raises(ValueError, match=r"bad\.jsonl.*row 2.*'answer'"):
         fit(tmp_path, "--data.task=ibpo_lightning.tasks.JsonlTask", f"--data.task.train_path={data}",
-            "--data.task.heldout_size=1", "--data.task.reward=number")
+            "--data.task.heldout_size=1", "--data.task.reward=ibpo_lightning.rewards.NumberReward")
 
 
 def test_group_size_below_two_is_refused_for_group_estimators(tmp_path):
@@ -93,3 +93,29 @@ def test_validate_subcommand_reports_held_out_accuracy(tmp_path):
     assert float(metrics["val/accuracy"]) == pytest.approx(float(metrics["val/mean@1"]))
     assert float(metrics["val/pass@1"]) == pytest.approx(float(metrics["val/mean@1"]))
     assert cli.model.policy_version == 0 and cli.model.val_accuracy.update_count == 0  # reset after the epoch
+
+
+def test_own_reward_example_from_the_docs(tmp_path, monkeypatch):
+    """The "Your own reward" example of docs/configuration.md, parsed and built through the CLI:
+    the function is the task's reward, composed with the length penalty."""
+    text = (ROOT / "docs" / "configuration.md").read_text().split("## Your own reward", 1)[1]
+    module = text.split("```python\n", 1)[1].split("```", 1)[0]
+    config = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "my_rewards.py").write_text(module)
+    (tmp_path / "own.yaml").write_text(config)
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"question": f"{i} + 1?", "answer": f"... #### {i + 1}"}) + "\n"
+                            for i in range(60)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from ibpo_lightning.cli import IBPOCLI, PolicyModule, RLDataModule
+
+    cli = IBPOCLI(PolicyModule, RLDataModule, parser_kwargs={"parser_mode": "omegaconf"}, run=False,
+                  args=["-c", str(ROOT / "configs/tiny.yaml"), "-c", str(tmp_path / "own.yaml"),
+                        f"--data.task.init_args.train_path={data}", "--trainer.logger=false",
+                        f"--trainer.default_root_dir={tmp_path}"])
+    task = cli.datamodule.task
+    assert task.reward.__name__ == "last_line_matches" and task.reward.__module__ == "my_rewards"
+    long_right = "x" * 3000 + "\n2"
+    assert task.verify(["work\n2", "2\nwork", long_right], ["2", "2", "2"]) == [1.0, 0.0, 1.0]
+    assert task.score(["work\n2", long_right], ["2", "2"]) == [1.0, 0.5]
+    task.close()  # a plain function has no close(): nothing to do, no error

@@ -1,11 +1,22 @@
-"""Shaping terms (format, length) and their weighted composition with a task's answer reward."""
+"""Shaping terms (format, length), their weighted composition with a task's answer reward, and
+rewards as components: any callable, closed with the task."""
 
 import json
+import pickle
 
 import pytest
 
-from ibpo_lightning.rewards import FormatReward, LengthPenalty, WeightedReward, number_reward
-from ibpo_lightning.tasks import JsonlTask
+from ibpo_lightning.data import RLDataModule
+from ibpo_lightning.rewards import (
+    CodeReward,
+    FormatReward,
+    LengthPenalty,
+    MathVerifyReward,
+    NumberReward,
+    WeightedReward,
+    number_reward,
+)
+from ibpo_lightning.tasks import CodeTask, JsonlTask
 
 
 @pytest.mark.parametrize(
@@ -60,7 +71,7 @@ def test_with_terms_uses_each_terms_own_weight():
 def test_jsonl_task_extra_rewards_shape_score_but_not_verify(tmp_path):
     path = tmp_path / "data.jsonl"
     path.write_text(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n")
-    task = JsonlTask(heldout_path=str(path), reward="number",
+    task = JsonlTask(heldout_path=str(path), reward=NumberReward(),
                      extra_rewards=[FormatReward(weight=0.1), LengthPenalty(weight=0.5, soft_limit=20, hard_limit=60)])
     long = "The answer, after a long story, is \\boxed{2}"
     completions = ["\\boxed{2}", "2", "\\boxed{3}", long]
@@ -68,5 +79,49 @@ def test_jsonl_task_extra_rewards_shape_score_but_not_verify(tmp_path):
     assert 0 < penalty < 0.5
     assert task.score(completions, ["2"] * 4) == pytest.approx([1.1, 1.0, 0.1, 1.1 - penalty])
     assert task.verify(completions, ["2"] * 4) == [1.0, 1.0, 0.0, 1.0]
-    plain = JsonlTask(heldout_path=str(path), reward="number")
+    plain = JsonlTask(heldout_path=str(path), reward=NumberReward())
     assert plain.score(completions, ["2"] * 4) == plain.verify(completions, ["2"] * 4)
+
+
+class _Counting:
+    """A reward object with workers to stop: counts its close() calls."""
+
+    def __init__(self) -> None:
+        self.closed = 0
+
+    def __call__(self, completions, answers):
+        return [float(c == a) for c, a in zip(completions, answers)]
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_reward_objects_are_closed_by_the_task_and_the_datamodule(tmp_path, shared_data):
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps({"question": f"{i}?", "answer": f"#### {i}"}) + "\n" for i in range(4)))
+    reward = _Counting()
+    task = JsonlTask(train_path=str(path), reward=reward, extra_rewards=[FormatReward(weight=0.1)])
+    assert task.score(["1", "\\boxed{x}"], ["1", "2"]) == pytest.approx([1.0, 0.1])
+    task.close()
+    RLDataModule(task, prompts_per_step=1, steps=1).teardown("fit")
+    assert reward.closed == 2
+    code = CodeTask(str(shared_data / "code" / "mbpp.jsonl"), reward=reward)
+    code.close()
+    assert reward.closed == 3
+
+
+def test_default_rewards_and_their_workers(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n")
+    task = JsonlTask(heldout_path=str(path))
+    assert isinstance(task.reward, MathVerifyReward)
+    assert task.verify(["\\boxed{2}", "\\boxed{3}"], ["2", "2"]) == [1.0, 0.0]
+    assert task.reward._pool is not None
+    copy = pickle.loads(pickle.dumps(task.reward))  # a spawned process gets one without workers
+    assert copy._pool is None and copy.num_workers == task.reward.num_workers
+    task.close()
+    assert task.reward._pool is None
+    code = pickle.loads(pickle.dumps(CodeReward(workers=3, timeout_s=2.0)))
+    assert code.workers == 3 and code.config.timeout_s == 2.0
+    with pytest.raises(TypeError, match="callable"):
+        JsonlTask(heldout_path=str(path), reward="number")

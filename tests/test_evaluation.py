@@ -12,6 +12,7 @@ import torch
 
 from ibpo_lightning.cli import run_cli
 from ibpo_lightning.evaluation import BenchmarkMetrics, EvalSuite, MeanAtK, PassAtK, pass_at_k
+from ibpo_lightning.rewards import NumberReward
 from ibpo_lightning.rollout.engine import Sample
 from ibpo_lightning.tasks import JsonlTask, Problem
 
@@ -94,7 +95,7 @@ class ScriptedRollout:
 def test_eval_suite_computes_and_tabulates(tmp_path):
     path = tmp_path / "b.jsonl"
     path.write_text("".join(json.dumps({"question": f"{i}+0?", "answer": str(i)}) + "\n" for i in range(4)))
-    task = JsonlTask(heldout_path=str(path), answer_format="plain", reward="number")
+    task = JsonlTask(heldout_path=str(path), answer_format="plain", reward=NumberReward())
     suite = EvalSuite(["heldout", "mini"], samples=3, pass_k=[1, 3], temperature=0.7, max_new_tokens=5)
     rollout = ScriptedRollout(["\\boxed{0}", "\\boxed{1}", "nothing"])
     problems = list(task.heldout_problems())  # answers 0, 1, 2, 3
@@ -121,7 +122,8 @@ def test_validate_with_samples_reports_pass_at_k_per_benchmark(tmp_path, capsys)
     extra.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n"
                              for i in range(3)))
     benchmarks = {"extra": {"class_path": "ibpo_lightning.tasks.JsonlTask",
-                            "init_args": {"heldout_path": str(extra), "answer_format": "plain", "reward": "number"}}}
+                            "init_args": {"heldout_path": str(extra), "answer_format": "plain",
+                                          "reward": {"class_path": "ibpo_lightning.rewards.NumberReward"}}}}
     cli = run_cli(["validate", "-c", str(ROOT / "configs/tiny.yaml"), f"--trainer.default_root_dir={tmp_path}",
                    "--trainer.enable_progress_bar=false", "--trainer.logger=false",
                    "--model.evaluation.samples=2", "--model.evaluation.temperature=1.0", "--model.evaluation.pass_k=[1, 2]",

@@ -6,6 +6,7 @@ import re
 import pytest
 
 from ibpo_lightning.evaluation import PRESETS, benchmark
+from ibpo_lightning.rewards import NumberReward
 from ibpo_lightning.tasks import CountdownTask, JsonlTask
 
 
@@ -31,7 +32,7 @@ DATASETS = [
 def test_dataset_loads_with_its_fields(shared_data, spec):
     path, prompt_field, answer_field, answer_format, rows, prompt_start, answer = spec
     task = JsonlTask(heldout_path=str(shared_data / path), prompt_field=prompt_field, answer_field=answer_field,
-                     answer_format=answer_format, reward="number", prompt_template="Q: {prompt}",
+                     answer_format=answer_format, reward=NumberReward(), prompt_template="Q: {prompt}",
                      drop_incomplete=True)
     problems = task.heldout_problems()
     assert len(problems) == rows and task.train_problems() == []
@@ -47,14 +48,14 @@ def test_a_field_the_dataset_lacks_fails_naming_file_row_and_field(shared_data, 
     present = ", ".join(first_row(shared_data / path))
     name = path.split("/")[1]
     with pytest.raises(ValueError, match=re.escape(f"{name} row 1: missing field {wrong!r} (fields present: {present})")):
-        JsonlTask(heldout_path=str(shared_data / path), prompt_field=wrong, answer_format="plain", reward="number")
+        JsonlTask(heldout_path=str(shared_data / path), prompt_field=wrong, answer_format="plain", reward=NumberReward())
 
 
 def test_aime_answers_are_integers_without_leading_zeros(shared_data):
     path = shared_data / "math" / "aime24_test.jsonl"
     raw = [json.loads(line)["answer"] for line in path.read_text().splitlines()]
     assert "025" in raw  # the file keeps leading zeros
-    task = JsonlTask(heldout_path=str(path), prompt_field="problem", answer_format="integer", reward="number")
+    task = JsonlTask(heldout_path=str(path), prompt_field="problem", answer_format="integer", reward=NumberReward())
     answers = [p.answer for p in task.heldout_problems()]
     assert answers == [str(int(a)) for a in raw] and "25" in answers
     assert all(re.fullmatch(r"[1-9]\d*|0", a) for a in answers)
@@ -65,7 +66,7 @@ def test_integer_format_names_a_non_integer_answer(tmp_path):
     path = tmp_path / "aime.jsonl"
     path.write_text(json.dumps({"problem": "p", "answer": "007"}) + "\n" + json.dumps({"problem": "q", "answer": "1/2"}) + "\n")
     with pytest.raises(ValueError, match=re.escape("aime.jsonl row 2: field 'answer' is not an integer: '1/2'")):
-        JsonlTask(heldout_path=str(path), prompt_field="problem", answer_format="integer", reward="number")
+        JsonlTask(heldout_path=str(path), prompt_field="problem", answer_format="integer", reward=NumberReward())
 
 
 def test_nested_answer_field(tmp_path):
@@ -73,12 +74,12 @@ def test_nested_answer_field(tmp_path):
     rows = [{"q": "1+1?", "reward_model": {"ground_truth": "2"}}, {"q": "2+2?", "reward_model": {"style": "rule"}}]
     path.write_text(json.dumps(rows[0]) + "\n")
     task = JsonlTask(heldout_path=str(path), prompt_field="q", answer_field="reward_model.ground_truth",
-                     answer_format="plain", reward="number")
+                     answer_format="plain", reward=NumberReward())
     assert task.heldout_problems()[0].answer == "2"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ValueError, match=re.escape("row 2: missing field 'reward_model.ground_truth'")):
         JsonlTask(heldout_path=str(path), prompt_field="q", answer_field="reward_model.ground_truth",
-                  answer_format="plain", reward="number")
+                  answer_format="plain", reward=NumberReward())
 
 
 def test_task_needs_some_source():
@@ -88,7 +89,7 @@ def test_task_needs_some_source():
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_benchmark_presets_load_a_fixed_subset(shared_data, name):
-    kwargs = {} if name == "countdown" else {"reward": "number"}
+    kwargs = {} if name == "countdown" else {"reward": NumberReward()}
     a, b = (benchmark(name, shared_data, limit=5, **kwargs) for _ in range(2))
     assert len(a.heldout_problems()) == 5 and list(a.heldout_problems()) == list(b.heldout_problems())
     assert isinstance(a, CountdownTask if name == "countdown" else JsonlTask)
@@ -105,8 +106,8 @@ def test_incomplete_rows_fail_unless_dropped(shared_data):
     path = str(shared_data / "train" / "math_train_deepscaler_7474.jsonl")
     message = "math_train_deepscaler_7474.jsonl row 887: missing field 'answer' (fields present: problem, difficulty, type)"
     with pytest.raises(ValueError, match=re.escape(message)):
-        JsonlTask(heldout_path=path, prompt_field="problem", answer_format="plain", reward="number")
+        JsonlTask(heldout_path=path, prompt_field="problem", answer_format="plain", reward=NumberReward())
     with pytest.warns(UserWarning, match=r"4 incomplete rows left out .*row 887"):
         task = JsonlTask(train_path=path, heldout_size=10, prompt_field="problem", answer_format="plain",
-                         reward="number", drop_incomplete=True)
+                         reward=NumberReward(), drop_incomplete=True)
     assert len(task.train_problems()) + len(task.heldout_problems()) == 7470

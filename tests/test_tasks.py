@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from ibpo_lightning.rewards import NumberReward
 from ibpo_lightning.tasks import ArithmeticTask, JsonlTask, Problem, Task
 
 _EXPRESSION = re.compile(r"What is (.+)\?")
@@ -71,7 +72,7 @@ def test_arithmetic_score():
 
 def test_jsonl_gsm8k(shared_data):
     path = shared_data / "math" / "gsm8k_test.jsonl"
-    task = JsonlTask(train_path=str(path), heldout_size=100, reward="number")
+    task = JsonlTask(train_path=str(path), heldout_size=100, reward=NumberReward())
     train, heldout = task.train_problems(), task.heldout_problems()
     assert len(train) + len(heldout) == 1319 and len(heldout) == 100
     assert not {p.prompt for p in train} & {p.prompt for p in heldout}
@@ -104,7 +105,7 @@ def test_jsonl_heldout_file_is_removed_from_train(tmp_path):
     train = _write(tmp_path / "train.jsonl", [{"q": f"{i}+1?", "a": str(i + 1)} for i in range(10)])
     held = _write(tmp_path / "held.jsonl", [{"q": "3+1?", "a": "4"}, {"q": "99+1?", "a": "100"}])
     task = JsonlTask(train, heldout_path=held, prompt_field="q", answer_field="a",
-                     answer_format="plain", reward="number")
+                     answer_format="plain", reward=NumberReward())
     assert len(task.train_problems()) == 9 and len(task.heldout_problems()) == 2
 
 
@@ -112,7 +113,7 @@ def test_jsonl_reads_gzip(tmp_path):
     path = tmp_path / "train.jsonl.gz"
     with gzip.open(path, "wt") as f:
         f.write(json.dumps({"question": "1+1?", "answer": "so\n#### 2"}) + "\n")
-    assert JsonlTask(str(path), reward="number").train_problems() == [Problem("1+1?", "2")]
+    assert JsonlTask(str(path), reward=NumberReward()).train_problems() == [Problem("1+1?", "2")]
 
 
 def test_jsonl_missing_file_names_the_path(tmp_path):
@@ -126,22 +127,22 @@ def test_jsonl_bad_row_names_file_field_and_row(tmp_path):
     path = _write(tmp_path / "gsm8k_train.jsonl", rows)
     message = "gsm8k_train.jsonl row 17: missing field 'answer' (fields present: question)"
     with pytest.raises(ValueError, match=re.escape(message)):
-        JsonlTask(path, reward="number")
+        JsonlTask(path, reward=NumberReward())
 
 
 def test_jsonl_row_number_is_the_line_number(tmp_path):
     rows = [{"question": "a", "answer": "#### 1"}, "", {"question": "", "answer": "#### 2"}]
     path = _write(tmp_path / "data.jsonl", rows)
     with pytest.raises(ValueError, match=re.escape("data.jsonl row 3: empty field 'question'")):
-        JsonlTask(path, reward="number")
+        JsonlTask(path, reward=NumberReward())
 
 
 def test_jsonl_gsm8k_answer_needs_hashes(tmp_path):
     path = _write(tmp_path / "data.jsonl", [{"question": "a", "answer": "#### 1"},
                                             {"question": "b", "answer": "2"}])
     with pytest.raises(ValueError, match=re.escape("data.jsonl row 2: field 'answer' has no '####'")):
-        JsonlTask(path, reward="number")
-    assert JsonlTask(path, answer_format="plain", reward="number").train_problems()[1].answer == "2"
+        JsonlTask(path, reward=NumberReward())
+    assert JsonlTask(path, answer_format="plain", reward=NumberReward()).train_problems()[1].answer == "2"
 
 
 def test_jsonl_broken_line_names_file_and_line(tmp_path):
@@ -149,7 +150,7 @@ def test_jsonl_broken_line_names_file_and_line(tmp_path):
     rows[3] = '{"question": "q3", "answer": "#### 3"'  # line 5 below: truncated, no closing brace
     path = _write(tmp_path / "broken.jsonl", [rows[0], "", *rows[1:]])
     with pytest.raises(ValueError) as info:
-        JsonlTask(path, reward="number")
+        JsonlTask(path, reward=NumberReward())
     message = str(info.value)
     column = len(rows[3]) + 1  # where the missing ',' or '}' should be
     assert message == f"{path} line 5 is not valid JSON: Expecting ',' delimiter at column {column}"
@@ -158,7 +159,7 @@ def test_jsonl_broken_line_names_file_and_line(tmp_path):
 def test_jsonl_non_object_line_is_named(tmp_path):
     path = _write(tmp_path / "lists.jsonl", [{"question": "a", "answer": "#### 1"}, [1, 2]])
     with pytest.raises(ValueError, match=re.escape("lists.jsonl line 2 is not a JSON object but a list")):
-        JsonlTask(path, reward="number")
+        JsonlTask(path, reward=NumberReward())
 
 
 @pytest.mark.parametrize("text", ["", "\n", "\n  \n\t\n"], ids=["empty", "newline", "blank-lines"])
@@ -166,7 +167,7 @@ def test_jsonl_without_rows_says_so(tmp_path, text):
     path = tmp_path / "nothing.jsonl"
     path.write_text(text)
     with pytest.raises(ValueError, match=f"^{re.escape(str(path))} holds no rows$"):
-        JsonlTask(str(path), reward="number")
+        JsonlTask(str(path), reward=NumberReward())
 
 
 def test_jsonl_broken_gzip_line_is_named(tmp_path):
@@ -174,12 +175,12 @@ def test_jsonl_broken_gzip_line_is_named(tmp_path):
     with gzip.open(path, "wt") as f:
         f.write(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n{not json}\n")
     with pytest.raises(ValueError, match=re.escape("train.jsonl.gz line 2 is not valid JSON")):
-        JsonlTask(str(path), reward="number")
+        JsonlTask(str(path), reward=NumberReward())
 
 
 def test_json_array_file_still_reads(tmp_path):
     path = tmp_path / "rows.json"
     path.write_text(json.dumps([{"question": "1+1?", "answer": "#### 2"},
                                 {"question": "2+2?", "answer": "#### 4"}], indent=2))
-    task = JsonlTask(str(path), reward="number")
+    task = JsonlTask(str(path), reward=NumberReward())
     assert task.train_problems() == [Problem("1+1?", "2"), Problem("2+2?", "4")]

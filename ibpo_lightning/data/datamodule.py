@@ -95,6 +95,10 @@ class RLDataModule(LightningDataModule):
 
         connect(self.trainer, stage)  # the one place the run's parts are handed to each other
 
+    def teardown(self, stage: str) -> None:
+        """Stop the reward's worker processes (a later stage starts them again on first use)."""
+        self.task.close()
+
     def connect(self, sampler: Sampler, estimator: Estimator | None) -> None:
         """The sampler that generates and the estimator that plans each step's batch (None when
         only evaluating)."""

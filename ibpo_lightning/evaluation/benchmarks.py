@@ -42,7 +42,7 @@ def benchmark(name: str, directory: str | os.PathLike | None = None, limit: int 
               seed: int = 0, **overrides: Any) -> Task:
     """The evaluation-only task of preset ``name``, on ``limit`` problems (None: all).
 
-    ``overrides`` replace preset arguments (``system_prompt=...``, ``reward="number"``).
+    ``overrides`` replace preset arguments (``system_prompt=...``, ``reward=NumberReward()``).
     """
     if name not in PRESETS:
         raise ValueError(f"unknown benchmark {name!r}; presets: {', '.join(sorted(PRESETS))}")

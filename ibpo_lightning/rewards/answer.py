@@ -84,3 +84,11 @@ def number_reward(completion: str, answer: str) -> float:
         reference = _as_fraction(extracted) if extracted is not None else None
     value = _as_fraction(predicted)
     return 1.0 if value is not None and reference is not None and value == reference else 0.0
+
+
+class NumberReward:
+    """``reward(completions, answers)``: :func:`number_reward` of each pair (exact match of the
+    final number; no worker processes, nothing to close)."""
+
+    def __call__(self, completions: list[str], answers: list[str]) -> list[float]:
+        return [number_reward(c, a) for c, a in zip(completions, answers, strict=True)]

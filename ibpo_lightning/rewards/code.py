@@ -76,6 +76,11 @@ class CodeReward:
         max_processes: Processes a program may have at once.
         niceness: Added to the children's nice value so they yield the CPU to the trainer.
         isolate_network: Put each program in an empty network namespace where the OS allows.
+        isolate_files: Let each program write only its own run directory (a read-only mount
+            namespace and Landlock, where the OS allows).
+        strict_tests: Judge assert-style tests in this process on plain values (see
+            :class:`~ibpo_lightning.rewards.sandbox.SandboxConfig`); False only for tests that
+            compare the program's own objects with their ``__eq__``.
     """
 
     def __init__(
@@ -87,6 +92,8 @@ class CodeReward:
         max_processes: int = 16,
         niceness: int = 10,
         isolate_network: bool = True,
+        isolate_files: bool = True,
+        strict_tests: bool = True,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
@@ -94,7 +101,8 @@ class CodeReward:
         self.partial_credit = partial_credit
         self.config = SandboxConfig(
             timeout_s=timeout_s, memory_mb=memory_mb, max_processes=max_processes,
-            niceness=niceness, isolate_network=isolate_network,
+            niceness=niceness, isolate_network=isolate_network, isolate_files=isolate_files,
+            strict_tests=strict_tests,
         )
 
     def run(self, programs: Sequence[str], specs: Sequence[TestSpec]) -> list[Result]:

@@ -1,6 +1,8 @@
 """Rewards composed by weight: an answer reward plus shaping terms (format, length).
 
-A reward is any callable ``reward(completions, answers) -> list[float]``. ``WeightedReward`` sums
+A reward is any callable ``reward(completions, answers) -> list[float]``: a function, or an
+object whose ``__call__`` is that (and whose ``close()``, if it has one, releases its workers;
+:func:`close_reward` calls it). ``WeightedReward`` sums
 ``weight * reward(...)`` over its terms. ``RewardTerm`` subclasses are shaping terms that carry
 their own ``weight``, so a task can take them as a plain yaml list::
 
@@ -110,6 +112,11 @@ class WeightedReward:
         """``base`` at weight 1 plus each shaping term at its own weight."""
         return cls([(1.0, base), *((t.weight, t) for t in extra)])
 
+    def close(self) -> None:
+        """Close every term that has a ``close()``."""
+        for _, reward in self.terms:
+            close_reward(reward)
+
     def __call__(self, completions: list[str], answers: list[str]) -> list[float]:
         if len(completions) != len(answers):
             raise ValueError(f"{len(completions)} completions but {len(answers)} answers")
@@ -120,3 +127,10 @@ class WeightedReward:
                 raise ValueError(f"reward {reward!r} gave {len(values)} values for {len(completions)} completions")
             total = [t + weight * float(v) for t, v in zip(total, values)]
         return total
+
+
+def close_reward(reward: Reward) -> None:
+    """Call ``reward.close()`` where there is one (a plain function has none)."""
+    close = getattr(reward, "close", None)
+    if callable(close):
+        close()

@@ -1,11 +1,15 @@
 """Run a model-written Python program against tests in a separate, limited process.
 
 ``run_tests(program, tests)`` starts ``python -I -S -B sandbox_child.py`` in a new session, in a
-fresh temporary directory, with an empty environment, and waits at most ``timeout_s`` of wall
+fresh run directory under :data:`RUNS_DIR`, with an empty environment, and waits at most ``timeout_s`` of wall
 time. The child sets its own limits before the program runs (see :class:`SandboxConfig` and
 ``docs/code_reward.md``). When the parent runs as root the child drops to a sandbox uid leased
 for this run only, so the program cannot signal, read or write the parent's processes and files,
 and every process of that uid is killed afterwards. The whole process group is always killed.
+The child can write only its run directory (a read-only mount namespace and a Landlock domain,
+see :mod:`sandbox_fs`), and assert-style tests are judged here, on plain values the child sends
+back (see :mod:`test_plan`): the program does not decide their verdict (it still can for tests
+of any other form, which only the child can run).
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ from __future__ import annotations
 import atexit
 import fcntl
 import json
+import hashlib
+import logging
+import marshal
 import os
 import secrets
 import select
@@ -24,29 +31,43 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ibpo_lightning.rewards.sandbox_uids import kill_uid, lease_uid
+from ibpo_lightning.rewards.sandbox_values import decode_list
+from ibpo_lightning.rewards.test_plan import SAFE_CALLS, TestPlan, defined_names, harden, plan_test
+
 _CHILD = str(Path(__file__).with_name("sandbox_child.py"))
-_LOCK_DIR = Path(tempfile.gettempdir()) / "ibpo-sandbox-uids"
 _STATUS_BY_SIGNAL = {signal.SIGXCPU: "cpu_limit", signal.SIGXFSZ: "file_size_limit"}
 _SWEPT: set[int] = set()
-# A process that holds one empty network namespace for the children to join: creating a
-# namespace per child costs about 25 ms here, joining one well under 1 ms.
-NETNS_HOLDER_MARK = "# ibpo-sandbox netns holder"
+# One process holds an empty network namespace and a read-only mount namespace (all mounts
+# read-only but RUNS_DIR) for the children to join: creating a network namespace per child costs
+# about 25 ms here, a mount namespace 0.4-4 ms (mostly tearing it down), joining either well
+# under 1 ms.
+NETNS_HOLDER_MARK = "# ibpo-sandbox namespace holder"
 _NETNS_HOLDER = NETNS_HOLDER_MARK + """
 import ctypes, os, sys, time
 parent = os.getppid()
-if ctypes.CDLL(None, use_errno=True).unshare(0x40000000) != 0:
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.unshare(0x40000000) != 0:
     sys.exit(1)
-print(os.readlink("/proc/self/ns/net"), flush=True)
+sys.path.insert(0, sys.argv[1])
+import sandbox_fs
+mounts = sandbox_fs.read_only_mounts(libc, sys.argv[2], enter=False)
+print(os.readlink("/proc/self/ns/net"), os.readlink("/proc/self/ns/mnt") if mounts else "-", flush=True)
 while os.getppid() == parent:
     time.sleep(1)
 """
+RUNS_DIR = Path(tempfile.gettempdir()) / f"ibpo-sandbox-runs-{os.geteuid()}"
+"""Where every run directory is made (one per user): the one writable mount in the holder's
+mount namespace."""
 _netns_lock = threading.Lock()
 _netns: dict = {}
+_log = logging.getLogger(__name__)
+_logged: set[tuple[str, str]] = set()
 
 
 @dataclass(frozen=True)
@@ -65,6 +86,12 @@ class SandboxConfig:
         output_bytes: Leading bytes of stdout and stderr kept in the result.
         niceness: Added to the child's nice value so it yields the CPU to the trainer.
         isolate_network: Move the child into a new, empty network namespace where allowed.
+        isolate_files: Confine the child's writes to its run directory: a read-only mount
+            namespace and a Landlock domain, each where the kernel allows.
+        strict_tests: Judge assert-style tests here, on the plain values the child computes,
+            and make the child compare plain copies in any other test (see ``test_plan``).
+            False: every test runs in the child as written, with the values' own ``__eq__``
+            (for tests that compare objects of the program's classes; gameable).
         audit_hook: Also refuse sockets, exec/spawn, ctypes loading and signals to other
             processes from inside the interpreter (defence in depth; bypassable, not a boundary).
         drop_privileges: When the parent is root, run the program as a leased unprivileged uid.
@@ -82,6 +109,8 @@ class SandboxConfig:
     output_bytes: int = 4096
     niceness: int = 10
     isolate_network: bool = True
+    isolate_files: bool = True
+    strict_tests: bool = True
     audit_hook: bool = True
     drop_privileges: bool = True
     uid_base: int = 61000
@@ -113,6 +142,9 @@ class Result:
     wall_s: float
     network: str
     """How the network was cut off: ``namespace`` or ``audit-hook`` (``none`` if unreported)."""
+    filesystem: str = "none"
+    """The layers confining writes, joined by ``+``: ``mount-ns``, ``uid`` (a sandbox uid),
+    ``landlock-v<ABI>``; ``none`` if none (or unreported)."""
 
     def reward(self, partial: bool = False) -> float:
         """1.0 if every test passed (else 0.0), or with ``partial`` the fraction passed."""
@@ -124,19 +156,28 @@ class Result:
 def run_tests(program: str, tests: Sequence[str], setup: str = "", preamble: str = "",
               config: SandboxConfig | None = None) -> Result:
     """Run ``preamble``, ``program`` and ``setup`` in one namespace, then each test (a statement
-    such as ``assert f(1) == 2``) in it; a test passes when it raises nothing."""
+    such as ``assert f(1) == 2``) in it. A test made of asserts passes when they hold on the
+    values the child sends back; any other test passes when it raises nothing in the child."""
     config = config or SandboxConfig()
     root = os.geteuid() == 0 and config.drop_privileges
-    with _lease_uid(config) if root else nullcontext(None) as uid:
-        outer = Path(tempfile.mkdtemp(prefix="ibpo-sandbox-"))
+    with lease_uid(config.uid_base, config.uid_count) if root else nullcontext(None) as uid:
+        outer = Path(tempfile.mkdtemp(prefix="ibpo-sandbox-", dir=_runs_dir()))
         try:
             return _run_in(outer, uid, program, list(tests), setup, preamble, config)
         except BaseException:
             if uid is not None:
-                _kill_uid(uid)
+                kill_uid(uid)
             raise
         finally:
             shutil.rmtree(outer, ignore_errors=True)
+
+
+def _plans(program: str, tests: list[str], setup: str, preamble: str,
+           config: SandboxConfig) -> list[TestPlan | None]:
+    if not config.strict_tests:
+        return [None] * len(tests)
+    names = defined_names(preamble, program, setup) & SAFE_CALLS
+    return [plan_test(test, names) for test in tests]
 
 
 def _run_in(outer: Path, uid: int | None, program: str, tests: list[str], setup: str,
@@ -147,16 +188,25 @@ def _run_in(outer: Path, uid: int | None, program: str, tests: list[str], setup:
     if uid is not None:
         os.chown(work, uid, uid)
         if uid not in _SWEPT:  # anything left by a process that died while running under it
-            _kill_uid(uid)
+            kill_uid(uid)
             _SWEPT.add(uid)
     nonce = secrets.token_hex(16)
+    plans = _plans(program, tests, setup, preamble, config)
     read_end, write_end = os.pipe()
+    try:  # room for the values (the child writes without blocking; past this a test fails)
+        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 1 << 20)
+    except OSError:
+        pass
     request = {
         **{k: v for k, v in asdict(config).items() if k not in ("uid_base", "uid_count")},
         "cpu_s": config.cpu_s or max(1, int(-(-config.timeout_s // 1))),
         "nonce": nonce, "report_fd": write_end, "uid": uid, "preamble": preamble,
-        "program": program, "setup": setup, "tests": tests,
-        "shared_netns": _shared_netns() if config.isolate_network and uid is not None else None,
+        "program": program, "setup": setup,
+        "tests": [{"probes": list(p.probes)} if p else
+                  {"statement": harden(t) if config.strict_tests else t}
+                  for p, t in zip(plans, tests)],
+        "shared_ns": _shared_namespaces() if uid is not None else None,
+        "compiled": _compiled_helpers() if config.python in (None, sys.executable) else None,
     }
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(work), "TMPDIR": str(work),
            "LANG": "C.UTF-8"}
@@ -178,7 +228,7 @@ def _run_in(outer: Path, uid: int | None, program: str, tests: list[str], setup:
             _kill_group(process.pid)  # the leader is not reaped yet, so the group id is ours
             returncode = process.wait()
             if uid is not None:  # escapes from the group; then wait for init to reap them
-                _kill_uid(uid)
+                kill_uid(uid)
         finally:
             if process.returncode is None:
                 process.kill()
@@ -187,26 +237,36 @@ def _run_in(outer: Path, uid: int | None, program: str, tests: list[str], setup:
         report = _read_available(read_end)
         os.close(read_end)
         stdout, stderr = (_head(f, config.output_bytes) for f in (out, err))
-    return _result(report, nonce, len(tests), timed_out, returncode, stdout, stderr, wall_s)
+    result = _result(report, nonce, plans, timed_out, returncode, stdout, stderr, wall_s)
+    _log_protections(result)
+    return result
 
 
-def _result(report: str, nonce: str, total: int, timed_out: bool, returncode: int | None,
-            stdout: str, stderr: str, wall_s: float) -> Result:
-    passed: set[int] = set()
-    network, loaded, done = "none", True, False
+def _result(report: str, nonce: str, plans: list[TestPlan | None], timed_out: bool,
+            returncode: int | None, stdout: str, stderr: str, wall_s: float) -> Result:
+    """Judge the report. A test passes on exactly one line for it: its plan holding on the
+    values sent, or ``1`` for a test run in the child (two lines for one test: tampering)."""
+    said: dict[int, list[str]] = {}
+    network, files, loaded, done = "none", "none", True, False
     for line in report.splitlines():
-        fields = line.split(" ")
+        fields = line.split(" ", 3)
         if len(fields) < 2 or fields[0] != nonce:
             continue
         if fields[1] == "net" and len(fields) == 3:
             network = fields[2]
+        elif fields[1] == "fs" and len(fields) == 3:
+            files = fields[2]
         elif fields[1] == "load":
             loaded = False
         elif fields[1] == "done":
             done = True
-        elif len(fields) == 3 and fields[1].isdigit() and fields[2] == "1":
-            if int(fields[1]) < total:
-                passed.add(int(fields[1]))
+        elif fields[1].isdigit() and int(fields[1]) < len(plans):
+            said.setdefault(int(fields[1]), []).append(" ".join(fields[2:]))
+    verdicts = {i: len(lines) == 1 and _passes(plans[i], lines[0]) for i, lines in said.items()}
+    passed = sum(verdicts.values())
+    judged = [i for i, ok in verdicts.items() if not ok and plans[i] is not None]
+    for i in judged:  # the child printed no traceback for these: say which failed here
+        stderr += f"AssertionError: test {i} failed (judged by the harness)\n"
     if timed_out:
         status = "timeout"
     elif not loaded:
@@ -215,30 +275,83 @@ def _result(report: str, nonce: str, total: int, timed_out: bool, returncode: in
         status = "ok"
     else:
         status = _STATUS_BY_SIGNAL.get(-(returncode or 0), "crashed")
-    return Result(len(passed), total, status, returncode, stdout, stderr, wall_s, network)
+    return Result(passed, len(plans), status, returncode, stdout, stderr, wall_s, network, files)
 
 
-def _shared_netns() -> tuple[int, str] | None:
-    """(pid, namespace id) of the holder of an empty network namespace, started on first use;
-    None where it cannot be made (each child then tries a namespace of its own)."""
+def _passes(plan: TestPlan | None, said: str) -> bool:
+    if plan is None:
+        return said == "1"
+    if not said.startswith("v "):
+        return False
+    try:
+        values = decode_list(said[2:])
+    except (ValueError, TypeError, RecursionError):  # malformed, or unhashable set items
+        return False
+    return plan.passes(values)
+
+
+def _log_protections(result: Result) -> None:
+    """Say once per process (and per combination) how programs are confined."""
+    key = (result.network, result.filesystem)
+    if result.network == "none" or key in _logged:  # "none": the child died in its set-up
+        return
+    _logged.add(key)
+    confined = "landlock" in key[1] or "mount-ns" in key[1]
+    _log.log(logging.INFO if confined else logging.WARNING,
+             "code sandbox protections: network=%s, files=%s", *key)
+
+
+def _compiled_helpers() -> dict[str, str]:
+    """The child's helper modules compiled once, as marshal files in :data:`RUNS_DIR` (named by
+    a hash of their source), name -> path; the child loads them instead of compiling them."""
+    with _netns_lock:
+        if "compiled" not in _netns:
+            paths = {}
+            for name in ("sandbox_fs", "sandbox_values"):
+                source = Path(__file__).with_name(f"{name}.py")
+                text = source.read_bytes()
+                digest = hashlib.sha256(text + sys.version.encode()).hexdigest()[:16]
+                path = _runs_dir() / f"{name}-{digest}.marshal"
+                if not path.exists():
+                    partial = path.with_suffix(f".{os.getpid()}.partial")
+                    partial.write_bytes(marshal.dumps(compile(text, str(source), "exec")))
+                    partial.replace(path)
+                paths[name] = str(path)
+            _netns["compiled"] = paths
+        return _netns["compiled"]
+
+
+def _runs_dir() -> Path:
+    """:data:`RUNS_DIR`, made on first use; refused if someone else planted it."""
+    RUNS_DIR.mkdir(mode=0o711, exist_ok=True)
+    info = RUNS_DIR.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise RuntimeError(f"{RUNS_DIR} must be a directory of this user, writable by it only")
+    return RUNS_DIR
+
+
+def _shared_namespaces() -> tuple[int, str, str | None] | None:
+    """(pid, network namespace id, mount namespace id or None) of the namespace holder, started on
+    first use; None where it cannot be made (each child then makes namespaces of its own)."""
     with _netns_lock:
         holder = _netns.get("process")
         if holder is not None and holder.poll() is None:
-            return holder.pid, _netns["id"]
+            return holder.pid, *_netns["ids"]
         if _netns.get("failed"):
             return None
-        holder = subprocess.Popen([sys.executable, "-I", "-S", "-c", _NETNS_HOLDER],
+        holder = subprocess.Popen([sys.executable, "-I", "-S", "-c", _NETNS_HOLDER,
+                                   str(Path(__file__).parent), str(_runs_dir())],
                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                   stderr=subprocess.DEVNULL, start_new_session=True)
-        line = holder.stdout.readline().decode().strip()
-        if not line.startswith("net:") or holder.poll() is not None:
+        net, _, mnt = holder.stdout.readline().decode().strip().partition(" ")
+        if not net.startswith("net:") or holder.poll() is not None:
             holder.kill()
             holder.wait()
             _netns["failed"] = True
             return None
         atexit.register(holder.kill)
-        _netns.update(process=holder, id=line)
-        return holder.pid, line
+        _netns.update(process=holder, ids=(net, mnt if mnt.startswith("mnt:") else None))
+        return holder.pid, *_netns["ids"]
 
 
 def _wait_unreaped(pid: int, timeout_s: float) -> bool:
@@ -256,67 +369,6 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def _pids_of(uid: int) -> tuple[list[int], int]:
-    """Live processes whose real uid is ``uid``, and how many zombies. (Read from ``status``:
-    after ``setuid`` a process is not dumpable and its ``/proc/<pid>`` belongs to root.)"""
-    live, zombies, prefix = [], 0, b"\nUid:\t%d\t" % uid
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/status", "rb") as f:
-                status = f.read()
-        except OSError:
-            continue
-        if prefix not in status:
-            continue
-        if b"\nState:\tZ" in status or b"\nState:\tX" in status:
-            zombies += 1
-        else:
-            live.append(int(entry.name))
-    return live, zombies
-
-
-def _kill_uid(uid: int, timeout_s: float = 10.0, zombie_wait_s: float = 2.0) -> None:
-    """SIGKILL every process of ``uid`` until none is left (escapes from the group included),
-    then wait up to ``zombie_wait_s`` for init to reap them (zombies count against NPROC)."""
-    start = time.monotonic()
-    while True:
-        live, zombies = _pids_of(uid)
-        if not live and (not zombies or time.monotonic() - start > zombie_wait_s):
-            return
-        for pid in live:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if live and time.monotonic() - start > timeout_s:
-            raise RuntimeError(f"sandbox uid {uid}: processes {live} survive SIGKILL")
-        time.sleep(0.002)
-
-
-@contextmanager
-def _lease_uid(config: SandboxConfig) -> Iterator[int]:
-    """An unused sandbox uid, held (by ``flock``, across processes) until the run ends."""
-    _LOCK_DIR.mkdir(mode=0o700, exist_ok=True)
-    info = _LOCK_DIR.lstat()  # refuse a directory planted by someone else (e.g. a symlink)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o077:
-        raise RuntimeError(f"{_LOCK_DIR} must be a directory owned by root with mode 0700")
-    for uid in range(config.uid_base, config.uid_base + config.uid_count):
-        fd = os.open(_LOCK_DIR / str(uid), os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue
-        try:
-            yield uid
-        finally:
-            os.close(fd)
-        return
-    raise RuntimeError(f"all {config.uid_count} sandbox uids from {config.uid_base} are in use")
 
 
 def _read_available(fd: int, limit: int = 1 << 20) -> str:

@@ -1,13 +1,20 @@
 """The sandboxed side of :mod:`ibpo_lightning.rewards.sandbox` (a script, not imported).
 
-Run as ``python -I -S -B sandbox_child.py`` with a JSON request on stdin; standard library only.
-A trusted set-up phase (still as the parent's user) lowers the priority, asks the parent's death
-to kill it, moves into a fresh network namespace when the kernel allows, sets the resource limits
-and, when started as root, drops to the sandbox uid. Then the program runs in a fresh namespace,
-then each test. Results go to the report pipe as lines ``<nonce> <test index> <1|0>``, then
-``<nonce> done``; a program that fails to load writes ``<nonce> load 0`` instead.
+Run as ``python -I -S -B sandbox_child.py`` with a JSON request on stdin; standard library only
+(plus :mod:`sandbox_fs` and :mod:`sandbox_values`, imported by path from this directory). A
+trusted set-up phase (still as the parent's user) lowers the priority, moves into a fresh
+network namespace and a read-only mount namespace when the kernel allows, sets the resource
+limits and, when started as root, drops to the sandbox uid; then a Landlock domain confines
+writes to the run directory. Then the program runs in a fresh namespace, then each test.
+
+Results go to the report pipe as lines ``<nonce> <test index> <1|0>`` (a statement run here;
+1: it raised nothing) or ``<nonce> <test index> v <values>`` (the probes of a test the parent
+judges, see :mod:`~ibpo_lightning.rewards.test_plan`), then ``<nonce> done``; a program that
+fails to load writes ``<nonce> load 0`` instead. The parent trusts values, not verdicts, where
+it can: anything in this process after set-up is the program's to tamper with.
 """
 
+import builtins
 import json
 import os
 import resource
@@ -103,9 +110,40 @@ def _audit_hook(event: str, args: tuple) -> None:
         raise PermissionError(f"sandbox: {event}{args} is not allowed")
 
 
-def _run(request, report, nonce, exec_=exec, compile_=compile, error=BaseException,
-         enumerate_=enumerate, exit_=os._exit):
-    """Load the program, run each test, report; every name used is bound before the program runs."""
+def _judges(plain_copy, binop, bool_=bool):
+    """The comparisons, arithmetic and truth test of a test judged here (``test_plan.harden``):
+    on plain copies only, so no ``__eq__``, ``__sub__`` or ``__bool__`` of the program runs."""
+    def compare(left, op, right):
+        left, right = plain_copy(left), plain_copy(right)
+        if op == "==":
+            return left == right
+        if op == "!=":
+            return left != right
+        if op == "<":
+            return left < right
+        if op == "<=":
+            return left <= right
+        if op == ">":
+            return left > right
+        if op == ">=":
+            return left >= right
+        return (left in right) if op == "in" else (left not in right)
+
+    def arithmetic(op, left, right):
+        return binop(op, plain_copy(left), plain_copy(right))
+
+    def truth(value):
+        return bool_(plain_copy(value))
+
+    return compare, arithmetic, truth
+
+
+def _run(request, report, nonce, encode, compare, arithmetic, truth, exec_=exec, eval_=eval, compile_=compile,
+         error=BaseException, enumerate_=enumerate, exit_=os._exit, len_=len, dict_=dict,
+         builtins_=dict(builtins.__dict__), settrace=sys.settrace, setprofile=sys.setprofile):
+    """Load the program, run each test, report; every name used is bound before the program
+    runs, and each test sees the builtins as they were before it (a test's own names only:
+    the program's functions keep the builtins they were defined with)."""
     namespace = {"__name__": "__sandbox__"}
     try:
         for name in ("preamble", "program", "setup"):
@@ -116,12 +154,23 @@ def _run(request, report, nonce, exec_=exec, compile_=compile, error=BaseExcepti
         _flush()
         exit_(1)
     for index, test in enumerate_(request["tests"]):
+        settrace(None)
+        setprofile(None)
+        namespace["__builtins__"] = dict_(builtins_)
+        namespace["__sandbox_compare__"], namespace["__sandbox_binop__"] = compare, arithmetic
+        namespace["__sandbox_truth__"] = truth
         try:
-            exec_(compile_(test, f"<test {index}>", "exec"), namespace)
-            ok = 1
+            if "probes" in test:
+                values = [encode(eval_(compile_(p, f"<test {index}>", "eval"), namespace))
+                          for p in test["probes"]]
+                ok = "v [" + ",".join(values) + "]"
+                ok = "0" if len_(ok) > _MAX_LINE else ok
+            else:
+                exec_(compile_(test["statement"], f"<test {index}>", "exec"), namespace)
+                ok = "1"
         except error:
             _print_error()
-            ok = 0
+            ok = "0"
         report(f"{nonce} {index} {ok}\n".encode())
     report(f"{nonce} done\n".encode())
     _flush()
@@ -146,6 +195,31 @@ def _flush() -> None:
 
 
 _PARENT = os.getppid()
+_MAX_LINE = 256 * 1024  # a longer report line (a huge value) fails its test
+
+
+def _helpers(compiled):
+    """:mod:`sandbox_fs` and :mod:`sandbox_values`: from the code the parent compiled once
+    (``compiled``: name -> marshal file; this interpreter never writes bytecode, ``-B``, and
+    compiling them here cost about 5 ms a program), else imported from this file's directory."""
+    modules = []
+    for name in ("sandbox_fs", "sandbox_values"):
+        try:
+            import marshal
+
+            with open(compiled[name], "rb") as f:
+                code = marshal.loads(f.read())
+            module = type(sys)(name)
+            exec(code, module.__dict__)
+        except Exception:
+            here = os.path.dirname(os.path.abspath(__file__))
+            sys.path.insert(0, here)
+            try:
+                module = __import__(name)
+            finally:
+                sys.path.remove(here)
+        modules.append(module)
+    return modules
 
 
 def main() -> None:
@@ -158,25 +232,46 @@ def main() -> None:
     # RLIMIT_NPROC counts all processes of the real uid: without a sandbox uid, allow this many more
     request["existing_processes"] = _own_process_count(os.getuid()) if request["uid"] is None else 0
     libc = _libc()
+    sandbox_fs, sandbox_values = _helpers(request["compiled"] or {})
+    shared = request["shared_ns"]  # (holder pid, network namespace id, mount namespace id)
     network = "audit-hook"
     if request["isolate_network"]:
-        network = _isolate_network(libc, request["shared_netns"])
-    os.write(fd, f"{nonce} net {network}\n".encode())
+        network = _isolate_network(libc, shared and shared[:2])
+    work, files = os.getcwd(), []
+    if request["isolate_files"] and libc is not None:
+        if shared and shared[2] and sandbox_fs.join_mounts(libc, shared[0], shared[2], work) \
+                or sandbox_fs.read_only_mounts(libc, work):
+            files.append("mount-ns")
     _set_limits(request)
     if request["uid"] is not None:
         _keep_imports_readable()
         os.setgroups([])
         os.setgid(request["uid"])
         os.setuid(request["uid"])
+        files.append("uid")
     if libc is not None:  # after the uid change, which clears it
         libc.prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
-    del libc
+        abi = sandbox_fs.landlock(libc, work) if request["isolate_files"] else 0
+        if abi:
+            files.append(f"landlock-v{abi}")
+    del libc, sandbox_fs
     if os.getppid() != _PARENT:  # the parent died before the death signal was armed
         os._exit(1)
+    os.write(fd, f"{nonce} net {network}\n{nonce} fs {'+'.join(files) or 'none'}\n".encode())
+    os.set_blocking(fd, False)  # a full pipe fails a test instead of hanging the run
     if request["audit_hook"]:
         sys.addaudithook(_audit_hook)
-    write = os.write
-    _run(request, lambda data: write(fd, data), nonce)
+    _run(request, _reporter(fd), nonce, sandbox_values.encode,
+         *_judges(sandbox_values.plain_copy, sandbox_values.binop))
+
+
+def _reporter(fd, write=os.write, error=OSError):
+    def report(data):
+        try:
+            write(fd, data)
+        except error:
+            pass
+    return report
 
 
 if __name__ == "__main__":

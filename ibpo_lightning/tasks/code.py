@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ibpo_lightning.rewards.code import CodeReward, TestSpec
+from ibpo_lightning.rewards.composite import Reward, RewardTerm, WeightedReward, close_reward
 from ibpo_lightning.tasks.base import Problem, Task
 from ibpo_lightning.tasks.jsonl import open_rows, split_heldout
 
@@ -104,10 +105,12 @@ class CodeTask(Task):
         prompt_template: User message with ``{prompt}`` (and ``{tests}``, the tests one per
             line); None: the format's default.
         system_prompt: System message for every prompt, or None for none.
-        reward_workers: Programs run at once.
-        timeout_s: Wall-clock seconds per program.
-        memory_mb: Address space per sandboxed process in MiB.
-        partial_credit: Reward the fraction of tests passed instead of all-or-nothing.
+        reward: What scores a completion against a problem's tests (JSON of a
+            :class:`~ibpo_lightning.rewards.TestSpec`): any callable ``reward(completions,
+            answers) -> list[float]`` chosen by ``class_path``; None: ``CodeReward()`` (2
+            programs at once, 5 s each, all-or-nothing; set its ``init_args`` to change them).
+        extra_rewards: Shaping terms added to the reward, each with its weight (e.g.
+            ``FormatReward``, ``LengthPenalty``); evaluation counts correctness without them.
         train_split: Split of a Hub dataset to train on.
         heldout_split: Split of a Hub dataset to hold out.
         dataset_config: Configuration name of a Hub dataset.
@@ -125,10 +128,8 @@ class CodeTask(Task):
         tests_field: str | None = None,
         prompt_template: str | None = None,
         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
-        reward_workers: int = 2,
-        timeout_s: float = 5.0,
-        memory_mb: int = 1024,
-        partial_credit: bool = False,
+        reward: Reward | None = None,
+        extra_rewards: list[RewardTerm] | None = None,
         train_split: str = "train",
         heldout_split: str = "test",
         dataset_config: str | None = None,
@@ -145,8 +146,8 @@ class CodeTask(Task):
             raise ValueError(f"prompt_template lacks '{{prompt}}': {self.prompt_template!r}")
         self.system_prompt = system_prompt
         self.dataset_config = dataset_config
-        self.reward = CodeReward(workers=reward_workers, partial_credit=partial_credit,
-                                 timeout_s=timeout_s, memory_mb=memory_mb)
+        self.reward = reward if reward is not None else CodeReward()
+        self._shaped = WeightedReward.with_terms(self.reward, extra_rewards or [])
         by_id = format == "mbpp" and task_id_split
         train = self._load(train_path, train_split, MBPP_TRAIN_IDS if by_id else None)
         heldout = None
@@ -199,8 +200,16 @@ class CodeTask(Task):
     def heldout_problems(self) -> Sequence[Problem]:
         return self._heldout
 
-    def score(self, completions: list[str], answers: list[str]) -> list[float]:
+    def verify(self, completions: list[str], answers: list[str]) -> list[float]:
+        """The reward alone, without shaping terms."""
         return self.reward(completions, answers)
+
+    def score(self, completions: list[str], answers: list[str]) -> list[float]:
+        return self._shaped(completions, answers)
+
+    def close(self) -> None:
+        """Close the rewards that have a ``close()``."""
+        close_reward(self._shaped)
 
 
 def _field(row: dict, field: str):

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ibpo_lightning.rewards.answer import number_reward
-from ibpo_lightning.rewards.composite import RewardTerm, WeightedReward
+from ibpo_lightning.rewards.composite import Reward, RewardTerm, WeightedReward, close_reward
 from ibpo_lightning.rewards.math_verify import MathVerifyReward
 from ibpo_lightning.tasks.base import Problem, Task
 
@@ -197,10 +196,11 @@ class JsonlTask(Task):
             normalised (AIME's ``"025"`` becomes ``"25"``).
         system_prompt: System message for every prompt, or None for none.
         prompt_template: User message; ``{prompt}`` is replaced by the problem text.
-        reward: ``"math_verify"`` (symbolic check of GSM8K / MATH answers in worker processes)
-            or ``"number"`` (exact match of the final number).
-        reward_workers: Worker processes of the ``math_verify`` reward.
-        reward_timeout_s: Seconds each ``math_verify`` step of checking one answer may take.
+        reward: What checks an answer: any callable ``reward(completions, answers) ->
+            list[float]``, chosen by ``class_path`` (with ``init_args``) or by the dotted path of
+            a function; None: ``MathVerifyReward()`` (symbolic check of GSM8K / MATH answers in
+            2 worker processes). ``NumberReward`` compares the final number exactly. Its
+            ``close()``, if any, is called by the task's.
         extra_rewards: Shaping terms added to the answer reward, each with its weight (e.g.
             ``FormatReward``, ``LengthPenalty``); evaluation counts correctness without them.
         train_split: Split of a Hub dataset to train on (local files have one split).
@@ -221,9 +221,7 @@ class JsonlTask(Task):
         answer_format: str = "gsm8k",
         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
         prompt_template: str = "{prompt}",
-        reward: str = "math_verify",
-        reward_workers: int = 2,
-        reward_timeout_s: float = 5.0,
+        reward: Reward | None = None,
         extra_rewards: list[RewardTerm] | None = None,
         train_split: str = "train",
         heldout_split: str = "test",
@@ -233,8 +231,9 @@ class JsonlTask(Task):
     ) -> None:
         if answer_format not in ANSWER_FORMATS:
             raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got {answer_format!r}")
-        if reward not in ("math_verify", "number"):
-            raise ValueError(f"reward must be 'math_verify' or 'number', got {reward!r}")
+        if reward is not None and not callable(reward):
+            raise TypeError(f"reward must be a callable (completions, answers) -> list[float], "
+                            f"got {reward!r}")
         if "{prompt}" not in prompt_template:
             raise ValueError(f"prompt_template lacks '{{prompt}}': {prompt_template!r}")
         if train_path is None and heldout_path is None:
@@ -244,11 +243,8 @@ class JsonlTask(Task):
         self.answer_format = answer_format
         self.system_prompt = system_prompt
         self.prompt_template = prompt_template
-        self.reward = reward
-        self._math_verify = (
-            MathVerifyReward(reward_workers, reward_timeout_s) if reward == "math_verify" else None
-        )
-        self._shaped = WeightedReward.with_terms(self.verify, extra_rewards or [])
+        self.reward = reward if reward is not None else MathVerifyReward()
+        self._shaped = WeightedReward.with_terms(self.reward, extra_rewards or [])
         self.dataset_config, self.drop_incomplete = dataset_config, drop_incomplete
         train = self._load(train_path, train_split) if train_path is not None else []
         heldout = self._load(heldout_path, heldout_split) if heldout_path is not None else None
@@ -284,15 +280,12 @@ class JsonlTask(Task):
         return self._heldout
 
     def verify(self, completions: list[str], answers: list[str]) -> list[float]:
-        """1.0 for each completion whose final answer is right, else 0.0 (no shaping terms)."""
-        if self._math_verify is not None:
-            return self._math_verify(completions, answers)
-        return [number_reward(c, a) for c, a in zip(completions, answers, strict=True)]
+        """The answer reward alone (1.0 for a right answer with the built-in ones), no shaping."""
+        return self.reward(completions, answers)
 
     def score(self, completions: list[str], answers: list[str]) -> list[float]:
         return self._shaped(completions, answers)
 
     def close(self) -> None:
-        """Stop the reward's worker processes, if any."""
-        if self._math_verify is not None:
-            self._math_verify.close()
+        """Stop the rewards' worker processes, if any (each one's ``close()``)."""
+        close_reward(self._shaped)
