@@ -21,6 +21,7 @@ class Kind(IntEnum):
     RESET_SUFFIX = 1  #: continues a parent from a shared prefix (SRPO / RRPO)
     REVISION = 2  #: a repair of a parent, generated from a compare-and-correct prompt (IBPO)
     PROBE = 3  #: Monte-Carlo continuation used for value estimates only
+    REROOTED_REVISION = 4  #: a verified repair moved onto the task prompt and trained on (IBPO ``train_on_revision``)
 
 
 class GenerationKind:

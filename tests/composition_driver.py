@@ -1,13 +1,14 @@
 """Runs one RL step of every estimator overlay through the real CLI, in this one process.
 
-    python tests/composition_driver.py OUT [-- extra CLI args]                 # one process
+    python tests/composition_driver.py OUT [OVERLAY ...] [-- extra CLI args]   # one process
     python -m torch.distributed.run --nproc_per_node 2 tests/composition_driver.py OUT -- -c configs/strategies/ddp.yaml
 
 Under ``torch.distributed.run`` every rank runs the same loop; Lightning finds the launcher's
-environment and joins its process group, so the 13 runs share one launch. Each rank appends one
-JSON line per estimator to ``OUT/rank<r>.jsonl``: the overlay, the strategy, the policy version
-after the step, the reward, whether a reference model was built, the safetensors ``HFExport``
-wrote, and the error if the run failed (the loop goes on to the next overlay).
+environment and joins its process group, so the runs share one launch. Naming overlays (file stems)
+runs only those. Each rank appends one JSON line per estimator to ``OUT/rank<r>.jsonl``: the
+overlay, the strategy, the policy version after the step, the reward, the estimator's own
+metrics, whether a reference model was built, the safetensors ``HFExport`` wrote, and the error if
+the run failed (the loop goes on to the next overlay).
 """
 
 from __future__ import annotations
@@ -25,10 +26,14 @@ from ibpo_lightning.cli import run_cli  # noqa: E402
 
 
 def main() -> None:
-    out, extra = Path(sys.argv[1]), sys.argv[3:] if sys.argv[2:3] == ["--"] else []
+    args = sys.argv[1:]
+    head, extra = (args[: args.index("--")], args[args.index("--") + 1 :]) if "--" in args else (args, [])
+    out, only = Path(head[0]), set(head[1:])
     rank = int(os.environ.get("RANK", 0))
     out.mkdir(parents=True, exist_ok=True)
     for overlay in sorted((ROOT / "configs/estimators").glob("*.yaml")):
+        if only and overlay.stem not in only:
+            continue
         row: dict = {"estimator": overlay.stem, "rank": rank}
         try:
             cli = run_cli(["fit", "-c", str(ROOT / "configs/tiny.yaml"), "-c", str(overlay), *extra,
@@ -38,7 +43,9 @@ def main() -> None:
                            "--trainer.enable_model_summary=false",
                            "--trainer.callbacks+=ibpo_lightning.export.HFExport"])
             metrics = cli.trainer.callback_metrics
+            own = f"{cli.model.estimator.name}/"
             row.update(version=cli.model.policy_version, reward=float(metrics["train/reward_mean"]),
+                       estimator_metrics={k: float(v) for k, v in metrics.items() if k.startswith(own)},
                        reference=cli.model.reference is not None, world=cli.trainer.world_size,
                        strategy=type(cli.trainer.strategy).__name__,
                        exported=sorted(p.name for p in (out / overlay.stem / "export").glob("*.safetensors")))

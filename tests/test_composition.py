@@ -42,3 +42,24 @@ def test_every_estimator_runs_a_step_and_exports_under(strategy, tmp_path):
             assert row["version"] >= 1
             assert row["reference"] is (row["estimator"] in NEEDS_REFERENCE)
             assert row["exported"] == ["model.safetensors"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_ibpo_revision_rows_train_under(strategy, tmp_path):
+    """``ibpo_revision`` with repairs that verify: on the arithmetic task of the matrix above the
+    tiny random model never repairs anything, so only the empty scoring passes run there. With the
+    toy parity reward about half the repairs verify, a different number on each rank, and their
+    rerooted rows go through the scorer's rank-matched passes and the loss."""
+    launcher, overlay, strategy_class, world = LAUNCH[strategy]
+    launcher = [*launcher[:-1], str(int(launcher[-1]) + 10)]  # its own port
+    command = [sys.executable, *launcher, "tests/composition_driver.py", str(tmp_path), "ibpo_revision", "--",
+               *overlay, "--trainer.accelerator=cpu", "--data.task=tests.helpers.ParityTask",
+               "--data.task.num_train=64"]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [json.loads((tmp_path / f"rank{rank}.jsonl").read_text()) for rank in range(world)]
+    for row in rows:
+        assert "error" not in row, row["error"]
+        assert row["strategy"] == strategy_class and row["version"] == 1
+        assert row["estimator_metrics"]["ibpo/revision_rows"] > 0  # averaged over ranks

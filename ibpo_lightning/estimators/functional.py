@@ -53,6 +53,13 @@ def levenshtein_kept(source: list[int], target: list[int]) -> list[bool]:
     Unit costs for insert, delete and substitute; among optimal alignments, matches are
     preferred when tracing back, so a token is marked kept only if it is aligned to an equal one.
     """
+    return levenshtein_matches(source, target)[0]
+
+
+def levenshtein_matches(source: list[int], target: list[int]) -> tuple[list[bool], list[bool]]:
+    """Both sides of the alignment of :func:`levenshtein_kept`: which tokens of ``source`` and
+    which of ``target`` are matched to an equal token. The unmatched tokens of ``target`` are the
+    ones an edit of ``source`` into ``target`` substituted or inserted."""
     n, m = len(source), len(target)
     dist = [[0] * (m + 1) for _ in range(n + 1)]
     for i in range(n + 1):
@@ -64,11 +71,11 @@ def levenshtein_kept(source: list[int], target: list[int]) -> list[bool]:
         for j in range(1, m + 1):
             sub = prev[j - 1] + (0 if s == target[j - 1] else 1)
             row[j] = min(sub, prev[j] + 1, row[j - 1] + 1)
-    kept = [False] * n
+    kept, matched = [False] * n, [False] * m
     i, j = n, m
     while i > 0 and j > 0:
         if source[i - 1] == target[j - 1] and dist[i][j] == dist[i - 1][j - 1]:
-            kept[i - 1] = True
+            kept[i - 1] = matched[j - 1] = True
             i, j = i - 1, j - 1
         elif dist[i][j] == dist[i - 1][j - 1] + 1:
             i, j = i - 1, j - 1
@@ -76,7 +83,17 @@ def levenshtein_kept(source: list[int], target: list[int]) -> list[bool]:
             i -= 1
         else:
             j -= 1
-    return kept
+    return kept, matched
+
+
+def expand_to_steps(edited: list[bool], boundaries: tuple[int, ...]) -> list[bool]:
+    """Mark every token of a step edited if any token in it is; ``boundaries`` are step ends."""
+    out, start = list(edited), 0
+    for end in list(boundaries) + [len(edited)]:
+        if any(edited[start:end]):
+            out[start:end] = [True] * (end - start)
+        start = end
+    return out
 
 
 def zscore_within(values: torch.Tensor, ids: torch.Tensor, *, min_std: float = 1e-8) -> torch.Tensor:

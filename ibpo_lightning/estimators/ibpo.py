@@ -11,9 +11,12 @@ reference (correct siblings first); each repair y_hat is verified. Then
 
 What is reconstructed (the full paper text was not available; see docs/estimators.md):
 the aggregation of several references into s_i (mean), the use of incorrect siblings when no
-correct one exists (``fallback_refs``), the repair prompt wording, the union of edits over
-several successful repairs, the step-granular mask variant, and the cap on repairs per group.
-Not built: training on the revision itself (``train_on_revision`` in the notes).
+correct one exists (``fallback_refs``), the wording of both repair prompts (``whole``: rewrite the
+attempt minimally; ``line``: keep the lines before the first wrong one, rewrite from there, so
+the edit mask localises to a step), the union of edits over several successful repairs, the
+step-granular mask variant, and the cap on repairs per group. ``train_on_revision`` adds the
+other reading of "credit only to the edited tokens" (reference notes §1.5 item 6): verified
+repairs trained on under the task prompt, see ``ibpo_revision.py`` for its formulas.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from typing import Literal
 import torch
 
 from ibpo_lightning.estimators.base import Estimator
-from ibpo_lightning.estimators.functional import group_normalise, levenshtein_kept
+from ibpo_lightning.estimators.functional import expand_to_steps, group_normalise, levenshtein_kept
+from ibpo_lightning.estimators.ibpo_revision import rerooted_rows, revision_credit, score_rerooted
 from ibpo_lightning.estimators.segments import segment
 from ibpo_lightning.types import GenerationKind, Kind, RolloutBatch, Trajectory
 
@@ -33,6 +37,14 @@ REPAIR_PROMPT = (
     "Attempt A may contain a mistake. Compare it with attempt B, then write attempt A again, "
     "changing only what is needed to make it correct."
 )
+LINE_REPAIR_PROMPT = (
+    "{problem}\n\nAttempt A:\n{attempt}\n\nAttempt B:\n{reference}\n\n"
+    "Attempt A may contain a mistake. Compare it with attempt B line by line and find the first line "
+    "of attempt A that is wrong. Then write attempt A again: copy every line before that one unchanged, "
+    "and rewrite attempt A from that line on so that it is correct."
+)
+REPAIR_PROMPTS = {"whole": REPAIR_PROMPT, "line": LINE_REPAIR_PROMPT}
+"""The named repair templates ``repair_prompt`` accepts."""
 
 
 class IBPO(Estimator):
@@ -55,7 +67,13 @@ class IBPO(Estimator):
         step_delimiter: text that ends a step for the ``step`` granularity.
         max_repairs_per_group: cap on repair generations per group (None = no cap).
         revision_temperature: sampling temperature of repairs (None = the rollout's).
-        repair_prompt: template with ``{problem}``, ``{attempt}`` and ``{reference}``.
+        repair_prompt: ``whole`` (rewrite attempt A minimally, the default), ``line`` (find the first
+            wrong line of attempt A, keep the lines before it, rewrite from it on), or a template of
+            one's own with ``{problem}``, ``{attempt}`` and ``{reference}``.
+        train_on_revision: add each verified repair as a trained row under the task prompt, with
+            positive credit on the tokens it edited (see ``ibpo_revision.py``).
+        revision_is_cap: cap of the per-token importance weight of those rows,
+            pi(y_t | task prompt) / pi(y_t | repair prompt).
         correct_threshold: a reward at or above this counts as correct.
         eps: added to the std.
         seed: seed of reference choice and capping.
@@ -78,14 +96,20 @@ class IBPO(Estimator):
         step_delimiter: str = "\n",
         max_repairs_per_group: int | None = None,
         revision_temperature: float | None = None,
-        repair_prompt: str = REPAIR_PROMPT,
+        repair_prompt: str = "whole",
+        train_on_revision: bool = False,
+        revision_is_cap: float = 2.0,
         correct_threshold: float = 1.0,
         eps: float = 1e-6,
         seed: int = 0,
     ) -> None:
+        repair_prompt = REPAIR_PROMPTS.get(repair_prompt, repair_prompt)
         for name in ("problem", "attempt", "reference"):
             if "{" + name + "}" not in repair_prompt:
-                raise ValueError(f"estimator.repair_prompt must contain {{{name}}}")
+                raise ValueError(f"estimator.repair_prompt must be one of {sorted(REPAIR_PROMPTS)} "
+                                 f"or a template containing {{{name}}}")
+        if revision_is_cap <= 0:
+            raise ValueError(f"estimator.revision_is_cap must be > 0, got {revision_is_cap}")
         if n_refs is not None and n_refs < 1:
             raise ValueError(f"estimator.n_refs must be >= 1 or null, got {n_refs}")
         self.shaping_coef, self.repair_bonus, self.n_refs = shaping_coef, repair_bonus, n_refs
@@ -94,7 +118,10 @@ class IBPO(Estimator):
         self.mask_granularity, self.step_delimiter = mask_granularity, step_delimiter
         self.max_repairs_per_group, self.revision_temperature = max_repairs_per_group, revision_temperature
         self.repair_prompt, self.correct_threshold, self.eps = repair_prompt, correct_threshold, eps
+        self.train_on_revision, self.revision_is_cap = train_on_revision, revision_is_cap
         self.rng = random.Random(seed)
+        self.revision_weights: dict[int, torch.Tensor] = {}
+        """w_t of the current batch's rerooted rows (row -> [response length]), set by ``prepare``."""
 
     # -- plan: generate and verify repairs ---------------------------------------------------
     def references(self, row: int, siblings: list[int], correct: list[bool]) -> list[int]:
@@ -131,23 +158,31 @@ class IBPO(Estimator):
         if not pairs:
             batch.stats.update({f"{self.name}/revisions": 0.0, f"{self.name}/revisions_correct": 0.0})
             return
-        prompts = [
-            sampler.encode(
-                self.repair_prompt.format(
-                    problem=batch.problems[trajs[i].group],
-                    attempt=trajs[i].response_text.strip(),
-                    reference=trajs[r].response_text.strip(),
-                ),
-                task.system_prompt,
-            )
-            for i, r in pairs
-        ]
+        prompts = [sampler.encode(self.repair_text(batch.problems[trajs[i].group], trajs[i], trajs[r]),
+                                  task.system_prompt) for i, r in pairs]
         samples = sampler.generate(prompts, 1, temperature=self.revision_temperature, kind=GenerationKind.REVISION)
         revisions = [Trajectory.from_sample(prompt, "", s[0], group=trajs[i].group, kind=Kind.REVISION, parent=i,
                                             trained=False) for (i, _), prompt, s in zip(pairs, prompts, samples)]
+        first = len(trajs)
         rewards = batch.add_scored(revisions, task)
         batch.stats[f"{self.name}/revisions"] = float(len(pairs))
         batch.stats[f"{self.name}/revisions_correct"] = float(sum(r >= self.correct_threshold for r in rewards))
+        if self.train_on_revision:
+            extra = rerooted_rows(batch, list(range(first, len(trajs))), self.correct_threshold)
+            if self.mask_granularity == "step":
+                for t in extra:
+                    t.step_boundaries = segment(sampler.tokenizer, t.response_ids, self.step_delimiter)
+            trajs.extend(extra)
+
+    def repair_text(self, problem: str, attempt: Trajectory, reference: Trajectory) -> str:
+        """The compare-and-correct prompt x~ of ``attempt`` with ``reference``."""
+        return self.repair_prompt.format(problem=problem, attempt=attempt.response_text.strip(),
+                                         reference=reference.response_text.strip())
+
+    # -- prepare: re-score rerooted repairs under both prompts -------------------------------
+    def prepare(self, batch: RolloutBatch, scorer) -> None:
+        if self.train_on_revision:  # on every rank alike, rows or not (FSDP passes must match)
+            self.revision_weights = score_rerooted(batch, scorer, self.revision_is_cap)
 
     # -- assign: shaped group advantage times the edit mask ----------------------------------
     def edit_mask(self, wrong: Trajectory, repairs: list[Trajectory]) -> list[float]:
@@ -158,7 +193,7 @@ class IBPO(Estimator):
             kept = levenshtein_kept(wrong.response_ids, rep.response_ids)
             edited = [e or not k for e, k in zip(edited, kept)]
         if self.mask_granularity == "step":
-            edited = _expand_to_steps(edited, wrong.step_boundaries)
+            edited = expand_to_steps(edited, wrong.step_boundaries)
         return [1.0 if e else self.unchanged_weight for e in edited]
 
     def assign(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,21 +218,20 @@ class IBPO(Estimator):
                 token_mask[i, span] = torch.tensor(m, dtype=token_mask.dtype, device=token_mask.device)
                 edited_fractions.append(sum(v == 1.0 for v in m) / max(len(m), 1))
         shaped = batch.rewards + self.shaping_coef * phi
-        rows = self.trained_rows(batch)
+        rerooted = torch.tensor([t.kind == Kind.REROOTED_REVISION for t in trajs], device=shaped.device)
+        rows = self.trained_rows(batch) & ~rerooted  # the group baselines: fresh samples only
         adv = torch.zeros_like(shaped)
         adv[rows] = group_normalise(shaped[rows], batch.group_ids[rows], divide_by_std=self.normalize_std, eps=self.eps)
         batch.stats[f"{self.name}/phi_mean"] = float(phi[rows].mean()) if rows.any() else 0.0
         batch.stats[f"{self.name}/repaired_samples"] = float(len(edited_fractions))
         batch.stats[f"{self.name}/edited_token_fraction"] = (  # 0 when no repair succeeded this step
             sum(edited_fractions) / len(edited_fractions) if edited_fractions else 0.0)
-        return adv.unsqueeze(-1) * token_mask * weights.gt(0), weights
-
-
-def _expand_to_steps(edited: list[bool], boundaries: tuple[int, ...]) -> list[bool]:
-    """Mark every token of a step edited if any token in it is; boundaries are step ends."""
-    out, start = list(edited), 0
-    for end in list(boundaries) + [len(edited)]:
-        if any(edited[start:end]):
-            out[start:end] = [True] * (end - start)
-        start = end
-    return out
+        adv = adv.unsqueeze(-1) * token_mask * weights.gt(0)
+        if self.train_on_revision:
+            used = revision_credit(batch, shaped, rows, self.revision_weights, adv, weights,
+                                   normalize_std=self.normalize_std, eps=self.eps,
+                                   by_step=self.mask_granularity == "step")
+            self.revision_weights = {}  # consumed: never applied to another batch
+            batch.stats[f"{self.name}/revision_rows"] = float(rerooted.sum())
+            batch.stats[f"{self.name}/revision_is_weight"] = sum(used) / len(used) if used else 0.0
+        return adv, weights
