@@ -9,11 +9,12 @@ turn token (``<|im_end|>`` in ChatML), so the model also learns to stop.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from ibpo_lightning.rollout.sampler import encode_chat
 from ibpo_lightning.tasks.base import Problem, Task
@@ -90,7 +91,9 @@ class SFTDataModule(LightningDataModule):
     """The task's worked solutions for training, its held-out problems for evaluation.
 
     Training batches are lists of :class:`Problem` (the module tokenizes them with the policy's
-    tokenizer); under DDP/FSDP2 Lightning gives each rank its share of every epoch.
+    tokenizer). Under DDP/FSDP2 each rank takes every n-th problem of the epoch's order (its own
+    ``DistributedSampler``: Lightning's would always shuffle), so without shuffling n ranks with
+    ``batch_size`` b train on exactly the problems one process with b x n does.
 
     Args:
         task: a task whose training problems carry worked solutions (``Problem.solution``).
@@ -114,6 +117,12 @@ class SFTDataModule(LightningDataModule):
         connect_evaluation(self.trainer)
 
     def train_dataloader(self) -> DataLoader:
+        kwargs = getattr(self.trainer.strategy, "distributed_sampler_kwargs", None) if self.trainer else None
+        if kwargs and kwargs["num_replicas"] > 1:  # the same seed as Lightning's (seed_everything's)
+            sampler = DistributedSampler(self.problems, num_replicas=kwargs["num_replicas"], rank=kwargs["rank"],
+                                         shuffle=self.shuffle, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
+            return DataLoader(self.problems, batch_size=self.batch_size, sampler=sampler, num_workers=0,
+                              collate_fn=list)
         return DataLoader(self.problems, batch_size=self.batch_size, shuffle=self.shuffle, num_workers=0, collate_fn=list)
 
     def val_dataloader(self) -> DataLoader:
