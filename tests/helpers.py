@@ -136,7 +136,10 @@ class WeightsAtStart(Callback):
         self.path = path
 
     def on_train_start(self, trainer, pl_module) -> None:
-        checksum = _checksum(pl_module.policy.named_parameters())  # a collective under FSDP
+        import torch
+
+        with torch.no_grad():
+            checksum = _checksum(pl_module.policy.named_parameters())  # a collective under FSDP
         if trainer.is_global_zero:
             with open(self.path, "w") as f:
                 f.write(f"{checksum!r}\n")
