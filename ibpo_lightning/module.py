@@ -16,10 +16,9 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.strategies import FSDPStrategy
-from torchmetrics import MeanMetric
 
 from ibpo_lightning.diagnostics import group_gradient_noise
-from ibpo_lightning.evaluation import EvalConfig, EvalSuite
+from ibpo_lightning.evaluation import EvalConfig, HeldoutEvaluation
 from ibpo_lightning.losses import PolicyLoss
 from ibpo_lightning.models.lora import LoraConfig, base_model
 from ibpo_lightning.models.policy import build_models
@@ -34,7 +33,7 @@ class StaleBatchError(RuntimeError):
     """A batch sampled by an older policy reached the optimizer."""
 
 
-class PolicyModule(LightningModule):
+class PolicyModule(HeldoutEvaluation, LightningModule):
     """Policy + reference model + clipped policy-gradient loss.
 
     Args:
@@ -121,15 +120,9 @@ class PolicyModule(LightningModule):
         self.update: PolicyUpdate | None = None
         self.sampler = self.estimator = None
         self.policy_version = 0
-        self.val_accuracy = MeanMetric()
-        ev = evaluation if evaluation is not None else EvalConfig()
-        self.benchmarks, self.heldout_name = dict(benchmarks or {}), ev.heldout_name
-        if ev.heldout_name in self.benchmarks:
-            raise ValueError(f"model.benchmarks may not reuse the held-out split's name {ev.heldout_name!r}")
-        self.evaluation = EvalSuite([ev.heldout_name, *self.benchmarks], ev.samples,
-                                    ev.pass_k or sorted({1, ev.samples}), ev.temperature, ev.max_new_tokens)
+        self.init_evaluation(evaluation, benchmarks)
 
-    def connect(self, sampler, estimator) -> None:
+    def connect(self, sampler, estimator=None) -> None:
         """The sampler (evaluation, and the temperature tokens are scored at) and the estimator
         (credit); called once by the wiring (``wiring.connect``)."""
         self.sampler, self.estimator = sampler, estimator
@@ -218,53 +211,6 @@ class PolicyModule(LightningModule):
             return {}
         rows = [i for i in range(len(batch)) if bool(batch.loss_weights[i].any())]
         return group_gradient_noise(self.scorer, self.loss, batch, rows)
-
-    # -- evaluation: mean@n / pass@k on the held-out (or test) split and on extra benchmarks ---
-    def validation_step(self, problems, batch_idx: int) -> None:
-        self._evaluate(problems)
-
-    def test_step(self, problems, batch_idx: int) -> None:
-        self._evaluate(problems)
-
-    def on_validation_epoch_end(self) -> None:
-        self._report("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._report("test")
-
-    def _evaluate(self, problems) -> None:
-        right = self.evaluation.evaluate(self.sampler, self.heldout_name, self.trainer.datamodule.task, problems)
-        self.val_accuracy.update(right.flatten())  # <split>/accuracy: the mean over all samples
-
-    def _report(self, split: str) -> None:
-        chunk = self.trainer.datamodule.val_batch_size
-        for name, task in self.benchmarks.items():
-            problems = list(task.test_problems() if split == "test" else task.heldout_problems())
-            for start in range(0, len(problems), chunk):
-                self.evaluation.evaluate(self.sampler, name, task, problems[start : start + chunk])
-        accuracy = float(self.val_accuracy.compute())
-        self.val_accuracy.reset()
-        results = self.evaluation.compute()
-        table = self.evaluation.table(results)
-        self.evaluation.reset()
-        metrics = {f"{split}/accuracy": accuracy}
-        for name, values in results.items():
-            prefix = f"{split}/" if name == self.heldout_name else f"{split}/{name}/"
-            metrics.update({prefix + key: value for key, value in values.items()})
-        what = "test" if split == "test" else "held-out"
-        if self.trainer.sanity_checking:  # the sanity pass is the "before training" measurement
-            for logger in self.loggers:
-                logger.log_metrics({**metrics, "val/policy_version": 0.0}, step=0)
-            self.print(f"{what} accuracy before training: {accuracy:.3f}\n{table}")
-            return
-        self.log(f"{split}/accuracy", metrics.pop(f"{split}/accuracy"), prog_bar=True)
-        self.log_dict(metrics)
-        self.log(f"{split}/policy_version", float(self.policy_version))
-        self.print(f"{what} accuracy after {self.policy_version} steps: {accuracy:.3f}\n{table}")
-
-    def teardown(self, stage: str) -> None:
-        for task in self.benchmarks.values():  # their rewards' worker processes
-            task.close()
 
     # -- checkpoint state ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -9,6 +9,8 @@ that the parts agree, and hands each part what it uses, through declared methods
   asks the estimator for credit, evaluates with the sampler.
 
 ``RLDataModule.setup`` calls it at the start of every ``fit``, ``validate`` and ``test``.
+Supervised fine-tuning (``SFTDataModule.setup``) calls ``connect_evaluation``: its module
+evaluates with the sampler and has no estimator.
 """
 
 from __future__ import annotations
@@ -41,3 +43,10 @@ def connect(trainer: Trainer, stage: str = "fit") -> None:
     rollout.check_lag(module.max_policy_lag)
     data.connect(sampler, estimator)
     module.connect(sampler, estimator)
+
+
+def connect_evaluation(trainer: Trainer) -> None:
+    """Hand the module of a run without an estimator (supervised fine-tuning) the sampler it
+    evaluates with."""
+    rollout = _one(trainer, RolloutCallback, "the CLI adds one under `rollout:`")
+    trainer.lightning_module.connect(rollout.sampler)

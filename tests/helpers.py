@@ -127,3 +127,19 @@ class SigtermAt(Callback):
             import signal
 
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+class WeightsAtStart(Callback):
+    """Writes a checksum of the policy's weights when training starts (before any update) to a file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        import torch
+
+        with torch.no_grad():
+            checksum = _checksum(pl_module.policy.named_parameters())  # a collective under FSDP
+        if trainer.is_global_zero:
+            with open(self.path, "w") as f:
+                f.write(f"{checksum!r}\n")

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from ibpo_lightning.cli import run_cli
+from ibpo_lightning.cli import run_cli, run_sft_cli
 
 ROOT = Path(__file__).parents[1]
-CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml") if not p.name.startswith("sft_"))
+SFT_CONFIGS = sorted((ROOT / "configs").glob("sft_*.yaml"))
 OVERLAYS = sorted((ROOT / "configs" / "estimators").glob("*.yaml"))
 
 
@@ -25,6 +26,15 @@ def test_every_config_parses(config, capsys):
         run_cli(["fit", "-c", str(config), "--print_config"])
     assert exit_info.value.code in (0, None)
     assert "estimator:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("config", SFT_CONFIGS, ids=lambda p: p.name)
+def test_every_sft_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_sft_cli(["fit", "-c", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "rollout:" in out and "estimator:" not in out
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)

@@ -17,6 +17,15 @@ from ibpo_lightning.rollout.engine import RolloutEngine, Sample
 from ibpo_lightning.types import GenerationKind, RolloutBatch, Trajectory
 
 
+def encode_chat(tokenizer, user_text: str, system_prompt: str | None = None) -> list[int]:
+    """Token ids of a chat prompt ending where the assistant's answer starts: the one prompt
+    format of sampling, evaluation and supervised fine-tuning (``sft.data``)."""
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages.append({"role": "user", "content": user_text})
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
 class Sampler:
     """Generates with a rollout engine under one set of sampling settings.
 
@@ -60,11 +69,8 @@ class Sampler:
 
     # -- generation ---------------------------------------------------------------------------
     def encode(self, user_text: str, system_prompt: str | None = None) -> list[int]:
-        """Token ids of a chat prompt ending where the assistant's answer starts."""
-        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        messages.append({"role": "user", "content": user_text})
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        """Token ids of a chat prompt ending where the assistant's answer starts (``encode_chat``)."""
+        return encode_chat(self.tokenizer, user_text, system_prompt)
 
     def generate(self, prompts: list[list[int]], n: int, *, temperature: float | None = None,
                  max_new_tokens: int | None = None, kind: str = GenerationKind.FRESH) -> list[list[Sample]]:

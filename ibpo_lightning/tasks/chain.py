@@ -3,7 +3,9 @@
 "Start with 6. Add 7. Multiply by 3. Subtract 4." is solved as ``6 + 7 = 13`` / ``13 * 3 = 39`` /
 ``39 - 4 = 35`` / ``Answer: 35``. Because each correct line is unique, the first wrong line of a
 failed answer is known exactly: the ground truth of the credit-localisation diagnostic
-(``ibpo_lightning.diagnostics.credit``).
+(``ibpo_lightning.diagnostics.credit``). Every problem carries those lines as its worked
+solution (``Problem.solution``), so the task also serves supervised fine-tuning
+(``ibpo_lightning.sft``).
 """
 
 from __future__ import annotations
@@ -65,33 +67,39 @@ class ChainTask(Task):
     """Chains of ``num_steps`` operations on small integers; the reward is the exact final value.
 
     Args:
-        num_steps: operations per problem.
+        num_steps: operations per problem, or a list of lengths each problem draws one from
+            (``[2, 3]``: a mix of two- and three-step chains).
         max_value: largest start value and operand (multipliers stay at most 5).
         operators: operators to draw from, a subset of ``"+-*"``.
         num_train / num_heldout: problem counts (held-out ones never among the training ones).
         seed: seed of the problem generator.
     """
 
-    def __init__(self, num_steps: int = 3, max_value: int = 20, operators: str = "+-*", num_train: int = 2000,
+    def __init__(self, num_steps: int | list[int] = 3, max_value: int = 20, operators: str = "+-*", num_train: int = 2000,
                  num_heldout: int = 100, seed: int = 0,
                  system_prompt: str | None = "Solve one step per line, as 'a + b = c', then write 'Answer: <number>'.") -> None:
-        if num_steps < 1 or not operators or set(operators) - set(OPS):
+        lengths = [num_steps] if isinstance(num_steps, int) else list(num_steps)
+        if not lengths or min(lengths) < 1 or not operators or set(operators) - set(OPS):
             raise ValueError(f"need num_steps >= 1 and operators within '+-*', got {num_steps} and {operators!r}")
         self.num_steps, self.max_value, self.operators = num_steps, max_value, operators
+        self._lengths = lengths
         self.system_prompt = system_prompt
         rng = random.Random(f"chain-{seed}")
-        problems: dict[str, str] = {}
+        problems: dict[str, list[str]] = {}
         while len(problems) < num_train + num_heldout:
             problems.setdefault(*self._sample(rng))
-        items = [Problem(prompt=p, answer=a) for p, a in problems.items()]
+        items = [Problem(prompt=p, answer=lines[-1].removeprefix("Answer: "), solution="\n".join(lines))
+                 for p, lines in problems.items()]
         self._heldout, self._train = items[:num_heldout], items[num_heldout:]
 
-    def _sample(self, rng: random.Random) -> tuple[str, str]:
+    def _sample(self, rng: random.Random) -> tuple[str, list[str]]:
+        """A problem text and its solution lines (one length: the same draws as before lists)."""
+        steps = self._lengths[0] if len(self._lengths) == 1 else rng.choice(self._lengths)
         start = rng.randint(1, self.max_value)
         ops = [(op, rng.randint(1, 5 if op == "*" else self.max_value))
-               for op in (rng.choice(self.operators) for _ in range(self.num_steps))]
+               for op in (rng.choice(self.operators) for _ in range(steps))]
         text = f"Start with {start}. " + " ".join(OPS[op].format(v) for op, v in ops)
-        return text, solution_lines(start, ops)[-1].removeprefix("Answer: ")
+        return text, solution_lines(start, ops)
 
     def train_problems(self) -> Sequence[Problem]:
         return self._train

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from ibpo_lightning.tasks.base import Problem, Task
 DEFAULT_SYSTEM_PROMPT = "Solve the problem step by step. Put the final answer in \\boxed{}."
 _LOCAL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
 ANSWER_FORMATS = ("gsm8k", "plain", "integer")
+_CALCULATOR = re.compile(r"<<[^<>]*>>")  # GSM8K's calculator annotations, "<<48/2=24>>"
 
 
 def _is_local(path: str) -> bool:
@@ -191,6 +193,11 @@ class JsonlTask(Task):
             of ``heldout_path``, or none when there is no ``heldout_path``).
         prompt_field: Field holding the problem text; dotted for a nested field (``a.b``).
         answer_field: Field holding the reference answer; dotted for a nested field.
+        solution_field: Field holding a worked solution, for supervised fine-tuning
+            (``Problem.solution``; None: the task has none). GSM8K's (``answer``, with
+            ``answer_format: gsm8k``) is rewritten to answer as the policy is asked to: the
+            ``<<...>>`` calculator notes dropped and the ``#### x`` line made
+            ``The final answer is \\boxed{x}.``; others (MATH's ``solution``) are kept as they are.
         answer_format: ``"gsm8k"``: the answer is the text after the last ``####``, commas
             dropped; ``"plain"``: the field is the answer as is; ``"integer"``: an integer,
             normalised (AIME's ``"025"`` becomes ``"25"``).
@@ -218,6 +225,7 @@ class JsonlTask(Task):
         heldout_size: int | None = None,
         prompt_field: str = "question",
         answer_field: str = "answer",
+        solution_field: str | None = None,
         answer_format: str = "gsm8k",
         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
         prompt_template: str = "{prompt}",
@@ -240,6 +248,7 @@ class JsonlTask(Task):
             raise ValueError("JsonlTask needs a train_path, a heldout_path, or both")
         self.prompt_field = prompt_field
         self.answer_field = answer_field
+        self.solution_field = solution_field
         self.answer_format = answer_format
         self.system_prompt = system_prompt
         self.prompt_template = prompt_template
@@ -253,12 +262,21 @@ class JsonlTask(Task):
             raise ValueError(f"no training problems left in {train_path}")
 
     def _load(self, path: str, split: str) -> list[Problem]:
-        records = read_fields(path, [self.prompt_field, self.answer_field], split, self.dataset_config,
-                              self.drop_incomplete)
-        return [self._problem(prompt, answer, records.locate, i)
-                for i, (prompt, answer) in enumerate(records.values)]
+        fields = [self.prompt_field, self.answer_field] + ([self.solution_field] if self.solution_field else [])
+        records = read_fields(path, fields, split, self.dataset_config, self.drop_incomplete)
+        return [self._problem(row[0], row[1], records.locate, i, row[2] if len(row) > 2 else None)
+                for i, row in enumerate(records.values)]
 
-    def _problem(self, prompt: Any, answer: Any, locate: Callable[[int], str], i: int) -> Problem:
+    def _solution(self, text: Any) -> str:
+        text = str(text).strip()
+        if self.answer_format == "gsm8k" and "####" in text:
+            work, final = text.rsplit("####", 1)
+            work = _CALCULATOR.sub("", work).strip()
+            text = f"{work}\nThe final answer is \\boxed{{{final.strip().replace(',', '')}}}."
+        return text
+
+    def _problem(self, prompt: Any, answer: Any, locate: Callable[[int], str], i: int,
+                 solution: Any = None) -> Problem:
         answer = str(answer).strip()
         if self.answer_format == "gsm8k":
             if "####" not in answer:
@@ -271,7 +289,8 @@ class JsonlTask(Task):
                 raise ValueError(
                     f"{locate(i)}: field {self.answer_field!r} is not an integer: {answer!r}"
                 ) from None
-        return Problem(prompt=self.prompt_template.format(prompt=str(prompt)), answer=answer)
+        return Problem(prompt=self.prompt_template.format(prompt=str(prompt)), answer=answer,
+                       solution=self._solution(solution) if solution is not None else None)
 
     def train_problems(self) -> Sequence[Problem]:
         return self._train

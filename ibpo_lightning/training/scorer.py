@@ -119,6 +119,12 @@ class Scorer:
         model.train(was_training)
         return totals
 
+    def tokens(self, ids: torch.Tensor, attn: torch.Tensor, score: torch.Tensor,
+               which: Which = "policy") -> torch.Tensor:
+        """[n, L] log-probs of the tokens where ``score`` is set, for right-padded rows (gradients
+        flow when grad mode is on; one rank-matched pass)."""
+        return self._score(which, ids, attn, score, False)[0]
+
     def _score(self, which, ids, attn, score, with_entropy):
         return self.model(which).token_logprobs(ids, attn, score, self.temperature, with_entropy,
                                                 share_prompts=self.share_prompts, chunk_tokens=self.chunk_tokens)

@@ -1,0 +1,134 @@
+"""Supervised fine-tuning data: (prompt, worked solution) pairs, tokenized, packed by a token budget.
+
+The prompt is encoded exactly as the RL path encodes it (``rollout.sampler.encode_chat``: the
+task's system prompt, the user message, the chat template's generation prompt), so a model
+fine-tuned here sees the prompts RL will show it. The response is what the chat template puts
+after that prompt for an assistant message holding the solution, up to and including the end of
+turn token (``<|im_end|>`` in ChatML), so the model also learns to stop.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ibpo_lightning.rollout.sampler import encode_chat
+from ibpo_lightning.tasks.base import Problem, Task
+
+
+@dataclass(frozen=True)
+class Example:
+    """One tokenized (prompt, solution) pair; only ``response_ids`` carry loss."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids) + len(self.response_ids)
+
+
+def _ids(encoded) -> list[int]:
+    return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+
+
+def encode_example(tokenizer, problem: Problem, system_prompt: str | None) -> Example:
+    """The prompt as the sampler encodes it, and the solution as the assistant's turn after it.
+
+    Where the template's rendering of the whole conversation does not begin with the prompt's
+    tokens (templates that rewrite earlier turns), the response is the solution's own tokens
+    followed by the end-of-sequence token.
+    """
+    if not problem.solution:
+        raise ValueError(f"problem without a worked solution: {problem.prompt[:80]!r}")
+    prompt = encode_chat(tokenizer, problem.prompt, system_prompt)
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages += [{"role": "user", "content": problem.prompt}, {"role": "assistant", "content": problem.solution}]
+    whole = _ids(tokenizer.apply_chat_template(messages, tokenize=True))
+    eos = tokenizer.eos_token_id
+    if whole[: len(prompt)] == prompt and len(whole) > len(prompt):
+        response = whole[len(prompt):]
+        if eos in response:  # stop at the end of turn (ChatML writes a newline after it)
+            response = response[: response.index(eos) + 1]
+    else:
+        response = _ids(tokenizer(problem.solution, add_special_tokens=False)) + [eos]
+    return Example(prompt, response)
+
+
+def collate(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``loss_mask`` (1 on response tokens only)."""
+    width = max(len(e) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    loss_mask = torch.zeros((len(examples), width))
+    for r, e in enumerate(examples):
+        n, p = len(e), len(e.prompt_ids)
+        ids[r, :n] = torch.tensor(e.prompt_ids + e.response_ids)
+        attn[r, :n] = 1
+        loss_mask[r, p:n] = 1.0
+    return ids, attn, loss_mask
+
+
+def pack(examples: list[Example], max_rows: int, max_tokens: int | None) -> list[list[Example]]:
+    """Micro-batches of at most ``max_rows`` rows and ``max_tokens`` padded tokens (rows x the
+    longest row; None: rows only), longest first so rows of similar length share padding. A row
+    longer than ``max_tokens`` gets a micro-batch of its own."""
+    out: list[list[Example]] = []
+    for e in sorted(examples, key=len, reverse=True):
+        current = out[-1] if out else None
+        # sorted longest first: the chunk's width is its first row's length
+        if current and len(current) < max_rows and (max_tokens is None or (len(current) + 1) * len(current[0]) <= max_tokens):
+            current.append(e)
+        else:
+            out.append([e])
+    return out
+
+
+class SFTDataModule(LightningDataModule):
+    """The task's worked solutions for training, its held-out problems for evaluation.
+
+    Training batches are lists of :class:`Problem` (the module tokenizes them with the policy's
+    tokenizer). Under DDP/FSDP2 each rank takes every n-th problem of the epoch's order (its own
+    ``DistributedSampler``: Lightning's would always shuffle), so without shuffling n ranks with
+    ``batch_size`` b train on exactly the problems one process with b x n does.
+
+    Args:
+        task: a task whose training problems carry worked solutions (``Problem.solution``).
+        batch_size: problems per optimizer update and data-parallel rank.
+        limit: fine-tune on the first this many problems with solutions (None: all).
+        shuffle: reshuffle the problems every epoch (the order follows ``seed_everything``).
+        val_batch_size: held-out problems per evaluation generate call.
+    """
+
+    def __init__(self, task: Task, batch_size: int = 8, limit: int | None = None, shuffle: bool = True,
+                 val_batch_size: int = 64) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.task, self.batch_size, self.shuffle, self.val_batch_size = task, batch_size, shuffle, val_batch_size
+        self.problems = task.sft_problems()[:limit]
+
+    def setup(self, stage: str) -> None:
+        from ibpo_lightning.wiring import connect_evaluation  # the wiring imports the data modules
+
+        connect_evaluation(self.trainer)
+
+    def train_dataloader(self) -> DataLoader:
+        kwargs = getattr(self.trainer.strategy, "distributed_sampler_kwargs", None) if self.trainer else None
+        if kwargs and kwargs["num_replicas"] > 1:  # the same seed as Lightning's (seed_everything's)
+            sampler = DistributedSampler(self.problems, num_replicas=kwargs["num_replicas"], rank=kwargs["rank"],
+                                         shuffle=self.shuffle, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
+            return DataLoader(self.problems, batch_size=self.batch_size, sampler=sampler, num_workers=0,
+                              collate_fn=list)
+        return DataLoader(self.problems, batch_size=self.batch_size, shuffle=self.shuffle, num_workers=0, collate_fn=list)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(list(self.task.heldout_problems()), batch_size=self.val_batch_size, num_workers=0,
+                          collate_fn=list)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(list(self.task.test_problems()), batch_size=self.val_batch_size, num_workers=0,
+                          collate_fn=list)
