@@ -14,6 +14,7 @@ import torch
 
 from ibpo_lightning.cli import main, run_cli, run_sft_cli
 from ibpo_lightning.models import load_policy, load_tokenizer
+from ibpo_lightning.rewards import NumberReward
 from ibpo_lightning.rollout.sampler import encode_chat
 from ibpo_lightning.sft import collate, encode_example, pack
 from ibpo_lightning.sft.module import response_nll
@@ -41,7 +42,7 @@ def test_gsm8k_solutions_answer_in_the_boxed_format(tmp_path):
     data = tmp_path / "g.jsonl"
     rows = [{"question": f"q{i}", "answer": f"He buys 2*3=<<2*3=6>>6 eggs.\n#### 1,00{i}"} for i in range(3)]
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    task = JsonlTask(train_path=str(data), heldout_size=1, solution_field="answer", reward="number")
+    task = JsonlTask(train_path=str(data), heldout_size=1, solution_field="answer", reward=NumberReward())
     p = task.sft_problems()[0]
     assert p.solution == f"He buys 2*3=6 eggs.\nThe final answer is \\boxed{{{p.answer}}}." and "," not in p.answer
     assert task.verify([p.solution], [p.answer]) == [1.0]
@@ -157,7 +158,8 @@ def test_fsdp2_on_two_processes_matches_one_process(sft_run, tmp_path):
                           "--trainer.strategy.data_parallel_size=2", "--trainer.strategy.tensor_parallel_size=1")]
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert _losses(tmp_path) == pytest.approx(_losses(sft_run), rel=1e-5)
+    # summation order differs across ranks and with the thread count: 2.3e-5 measured at one thread
+    assert _losses(tmp_path) == pytest.approx(_losses(sft_run), rel=1e-4)
     two, _ = load_policy(str(tmp_path / "export"))
     one, _ = load_policy(str(sft_run / "export"))
     # 8 Adam steps at lr 3e-3 move a weight up to 0.024; Adam's normalisation magnifies float
