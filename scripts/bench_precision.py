@@ -5,7 +5,7 @@ machine's probed fp32 and bf16 matmul peaks, padding) per precision.
     python scripts/bench_precision.py --seeds 0 1 --out runs/bench_precision
 
 Runs ``ibpo fit -c configs/quickstart.yaml`` (plus any ``--config`` overlays) once per (seed,
-precision), precisions alternating within each seed so that both see the same machine load. Each
+precision), precisions alternating (ABBA over seeds) so that both see the same machine load. Each
 run writes ``<out>/<precision>_s<seed>/`` and its ``summary.json``; a rerun skips runs that have
 one, so a stopped study continues where it stopped. Prints a markdown table of every finished run
 and, per precision, the mean step time and its ratio to the first precision.
@@ -64,8 +64,8 @@ def main() -> None:
     args = ap.parse_args()
     configs = ["configs/quickstart.yaml", *args.config]
     results: dict[tuple[str, int], dict] = {}
-    for seed in args.seeds:
-        for precision in args.precisions:
+    for i, seed in enumerate(args.seeds):
+        for precision in args.precisions[:: 1 if i % 2 == 0 else -1]:  # ABBA: a drifting load cancels
             folder = args.out / f"{precision}_s{seed}"
             summary = folder / "summary.json"
             if not summary.exists():
