@@ -31,8 +31,12 @@ class SFTCLI(LightningCLI):
     """Adds ``rollout:`` as a forced callback (it samples the evaluations).
 
     A run starts fresh unless ``--ckpt_path`` names a checkpoint; ``--ckpt_path last`` resumes
-    from the newest one under ``trainer.default_root_dir`` (see ``checkpointing.py``).
+    from the newest one under ``trainer.default_root_dir`` (see ``checkpointing.py``). The
+    trainer is ``precision.Trainer``, which also takes ``precision: auto`` (its default).
     """
+
+    def __init__(self, *args, trainer_class=Trainer, **kwargs) -> None:
+        super().__init__(*args, trainer_class=trainer_class, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(RolloutCallback, "rollout")
@@ -75,8 +79,8 @@ def _run(cls: type[LightningCLI], module: type, data: type, args: list[str] | No
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     for pattern in EXPECTED_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
-    return cls(module, data, trainer_class=Trainer, parser_kwargs={"parser_mode": "omegaconf"},
-               save_config_kwargs={"overwrite": True}, args=args)
+    return cls(module, data, parser_kwargs={"parser_mode": "omegaconf"}, save_config_kwargs={"overwrite": True},
+               args=args)
 
 
 def run_cli(args: list[str] | None = None) -> IBPOCLI:
