@@ -25,7 +25,7 @@ from ibpo_lightning.models.policy import build_models
 from ibpo_lightning.precision import compute_dtype
 from ibpo_lightning.rng import rng_states, set_rng_states
 from ibpo_lightning.tasks.base import Task
-from ibpo_lightning.training import DataParallel, PolicyUpdate, Scorer, batch_metrics
+from ibpo_lightning.training import DataParallel, PolicyUpdate, Scorer, batch_metrics, with_warmup
 from ibpo_lightning.types import RolloutBatch
 
 
@@ -164,11 +164,7 @@ class PolicyModule(HeldoutEvaluation, LightningModule):
         return self
 
     def configure_optimizers(self):
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        opt = self.optimizer(params) if self.optimizer is not None else torch.optim.AdamW(params, lr=1e-5)
-        warmup = max(self.warmup_steps, 1)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
-        return [opt], [{"scheduler": sched, "interval": "step"}]
+        return with_warmup(self.policy, self.optimizer, self.warmup_steps)
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
         # rollout batches move their tensors in place; validation batches are problem texts

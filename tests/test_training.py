@@ -215,3 +215,20 @@ def test_interruption_saves_a_checkpoint(tmp_path):
         pass
     saved = torch.load(tmp_path / "interrupted.ckpt", weights_only=False)
     assert saved["policy_version"] == 2  # the two finished steps are kept
+
+
+def test_optimizer_warms_up_linearly_then_holds_and_skips_frozen_parameters():
+    from ibpo_lightning.training import with_warmup
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    model[0].requires_grad_(False)
+    [opt], [sched] = with_warmup(model, lambda params: torch.optim.SGD(params, lr=0.3), warmup_steps=3)
+    assert sum(len(g["params"]) for g in opt.param_groups) == 2  # the second layer's weight and bias
+    rates = []
+    for _ in range(5):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched["scheduler"].step()
+    assert rates == pytest.approx([0.1, 0.2, 0.3, 0.3, 0.3]) and sched["interval"] == "step"
+    [default], _ = with_warmup(model, None, 0)
+    assert isinstance(default, torch.optim.AdamW) and default.param_groups[0]["lr"] == 1e-5

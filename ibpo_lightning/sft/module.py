@@ -25,7 +25,7 @@ from ibpo_lightning.models.lora import LoraConfig
 from ibpo_lightning.models.policy import build_models
 from ibpo_lightning.sft.data import Example, collate, encode_example, pack
 from ibpo_lightning.tasks.base import Task
-from ibpo_lightning.training import DataParallel, Scorer
+from ibpo_lightning.training import DataParallel, Scorer, with_warmup
 
 
 def response_nll(scorer: Scorer, examples: list[Example], pad_id: int, device) -> tuple[torch.Tensor, int]:
@@ -109,11 +109,7 @@ class SFTModule(HeldoutEvaluation, LightningModule):
                              share_prompts=False, chunk_tokens=self.logprob_chunk_tokens)
 
     def configure_optimizers(self):
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        opt = self.optimizer(params) if self.optimizer is not None else torch.optim.AdamW(params, lr=1e-5)
-        warmup = max(self.warmup_steps, 1)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
-        return [opt], [{"scheduler": sched, "interval": "step"}]
+        return with_warmup(self.policy, self.optimizer, self.warmup_steps)
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
         return batch  # lists of problems; tensors are built per micro-batch on the policy's device
