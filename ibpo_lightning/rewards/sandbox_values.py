@@ -63,8 +63,7 @@ def encode(value, _type=type, _len=len, _hex=hex, _fhex=float.hex, _items=dict.i
             return ["y", _bytes_hex(x)]
         if t is list or t is tuple or t is set or t is frozenset:
             tag = {list: "l", tuple: "t", set: "S", frozenset: "F"}[t]
-            return [tag, [walk(item, depth + 1) for item in list.__iter__(x)] if t is list
-                    else [walk(item, depth + 1) for item in t.__iter__(x)]]
+            return [tag, [walk(item, depth + 1) for item in t.__iter__(x)]]
         if t in _dicts:
             return ["d", [[walk(k, depth + 1), walk(v, depth + 1)] for k, v in _items(x)]]
         raise _error(f"not plain data: {t.__name__}")
