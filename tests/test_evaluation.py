@@ -110,9 +110,24 @@ def test_eval_suite_computes_and_tabulates(tmp_path):
     assert lines[1].split()[:7] == ["mini", "4", "3", "0.7", "0.167", "0.167", "0.500"]
 
 
+def test_eval_suite_adds_a_greedy_pass_beside_the_samples(tmp_path):
+    path = tmp_path / "b.jsonl"
+    path.write_text("".join(json.dumps({"question": f"{i}+0?", "answer": str(i)}) + "\n" for i in range(2)))
+    task = JsonlTask(heldout_path=str(path), answer_format="plain", reward=NumberReward())
+    suite = EvalSuite(["heldout"], samples=2, pass_k=[2], temperature=1.0, greedy=True)
+    rollout = ScriptedRollout(["\\boxed{0}", "nothing"])  # the greedy pass gets the first script line
+    right = suite.evaluate(rollout, "heldout", task, list(task.heldout_problems()))
+    assert right.tolist() == [[1, 0], [0, 0]]  # the return value stays the sampled answers
+    assert rollout.calls == [(2, 1.0, None, "validation"), (1, 0.0, None, "validation")]
+    assert suite.compute()["heldout"] == pytest.approx({"mean@2": 0.25, "pass@2": 0.5, "greedy": 0.5})
+    assert "greedy" in suite.table(suite.compute()).splitlines()[0].split()
+
+
 def test_eval_suite_refuses_identical_greedy_samples_and_bad_names():
     with pytest.raises(ValueError, match="evaluation.temperature > 0"):
         EvalSuite(["heldout"], samples=4, temperature=0.0)
+    with pytest.raises(ValueError, match="greedy needs model.evaluation.temperature > 0"):
+        EvalSuite(["heldout"], temperature=0.0, greedy=True)
     with pytest.raises(ValueError, match="without '.' or '/'"):
         EvalSuite(["heldout", "gsm8k/test"])
 

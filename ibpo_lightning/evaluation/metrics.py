@@ -97,9 +97,10 @@ class BenchmarkMetrics(torch.nn.Module):
     Args:
         samples: Samples per problem (``n``).
         pass_k: The k of each pass@k; each between 1 and ``samples``.
+        greedy: also keep ``greedy`` (the accuracy of one greedy answer per problem).
     """
 
-    def __init__(self, samples: int, pass_k: Sequence[int]) -> None:
+    def __init__(self, samples: int, pass_k: Sequence[int], greedy: bool = False) -> None:
         super().__init__()
         bad = [k for k in pass_k if not 1 <= k <= samples]
         if bad:
@@ -107,11 +108,17 @@ class BenchmarkMetrics(torch.nn.Module):
         self.samples = samples
         self.mean = MeanAtK()
         self.passes = torch.nn.ModuleDict({str(k): PassAtK(k) for k in sorted(set(pass_k))})
+        self.greedy = MeanAtK() if greedy else None
 
-    def update(self, correct: torch.Tensor) -> None:
+    def update(self, correct: torch.Tensor, greedy: torch.Tensor | None = None) -> None:
+        """``correct``: ``[problems, samples]``; ``greedy``: ``[problems, 1]`` when kept."""
+        if (greedy is None) != (self.greedy is None):
+            raise ValueError("BenchmarkMetrics.update: pass greedy answers exactly when built with greedy=True")
         self.mean.update(correct)
         for metric in self.passes.values():
             metric.update(correct)
+        if greedy is not None:
+            self.greedy.update(greedy)
 
     @property
     def problems(self) -> int:
@@ -122,9 +129,13 @@ class BenchmarkMetrics(torch.nn.Module):
         """``{"mean@n": ..., "pass@k": ...}`` over the problems seen since the last reset."""
         out = {f"mean@{self.samples}": float(self.mean.compute())}
         out.update({f"pass@{k}": float(m.compute()) for k, m in self.passes.items()})
+        if self.greedy is not None:
+            out["greedy"] = float(self.greedy.compute())
         return out
 
     def reset(self) -> None:
         self.mean.reset()
+        if self.greedy is not None:
+            self.greedy.reset()
         for metric in self.passes.values():
             metric.reset()

@@ -32,7 +32,8 @@ class HeldoutEvaluation:
         if ev.heldout_name in self.benchmarks:
             raise ValueError(f"model.benchmarks may not reuse the held-out split's name {ev.heldout_name!r}")
         self.evaluation = EvalSuite([ev.heldout_name, *self.benchmarks], ev.samples,
-                                    ev.pass_k or sorted({1, ev.samples}), ev.temperature, ev.max_new_tokens)
+                                    ev.pass_k or sorted({1, ev.samples}), ev.temperature, ev.max_new_tokens,
+                                    ev.greedy)
 
     def validation_step(self, problems, batch_idx: int) -> None:
         self._evaluate(problems)

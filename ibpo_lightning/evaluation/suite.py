@@ -48,6 +48,9 @@ class EvalConfig:
         pass_k: the k of each ``pass@k`` (None: 1 and ``samples``); each <= ``samples``.
         max_new_tokens: response length limit (None: ``rollout.max_new_tokens``).
         heldout_name: name of the data module task's held-out split in the results table.
+        greedy: with ``temperature > 0``, also decode each problem greedily and report its accuracy
+            as ``greedy`` beside mean@n (RL sharpens the sampling distribution first, so the two
+            can move apart); ``<split>/accuracy`` stays the sampled mean.
     """
 
     samples: int = 1
@@ -55,6 +58,7 @@ class EvalConfig:
     pass_k: list[int] | None = None
     max_new_tokens: int | None = None
     heldout_name: str = "heldout"
+    greedy: bool = False
 
 
 class EvalSuite(torch.nn.Module):
@@ -66,28 +70,34 @@ class EvalSuite(torch.nn.Module):
         pass_k: The k of each pass@k.
         temperature: Sampling temperature (0: greedy, then ``samples`` must be 1).
         max_new_tokens: Response length limit (None: the sampler's).
+        greedy: also one greedy answer per problem, reported as ``greedy`` (needs temperature > 0).
     """
 
     def __init__(self, names: Sequence[str], samples: int = 1, pass_k: Sequence[int] = (1,),
-                 temperature: float = 0.0, max_new_tokens: int | None = None) -> None:
+                 temperature: float = 0.0, max_new_tokens: int | None = None, greedy: bool = False) -> None:
         super().__init__()
         if samples < 1:
             raise ValueError(f"model.evaluation.samples must be >= 1, got {samples}")
         if samples > 1 and temperature <= 0:
             raise ValueError(f"model.evaluation.samples={samples} needs model.evaluation.temperature > 0: "
                              "greedy samples are identical")
+        if greedy and temperature <= 0:
+            raise ValueError("model.evaluation.greedy needs model.evaluation.temperature > 0: "
+                             "the samples are already greedy")
         for name in names:
             if not name or "." in name or "/" in name:
                 raise ValueError(f"benchmark name {name!r} must be non-empty, without '.' or '/'")
-        self.samples, self.temperature, self.max_new_tokens = samples, temperature, max_new_tokens
-        self.metrics = torch.nn.ModuleDict({name: BenchmarkMetrics(samples, pass_k) for name in names})
+        self.samples, self.temperature, self.max_new_tokens, self.greedy = samples, temperature, max_new_tokens, greedy
+        self.metrics = torch.nn.ModuleDict({name: BenchmarkMetrics(samples, pass_k, greedy) for name in names})
         self.seconds = dict.fromkeys(names, 0.0)
 
     def evaluate(self, sampler, name: str, task: Task, problems: Sequence[Problem]) -> torch.Tensor:
         """Sample, verify and record ``problems`` under benchmark ``name``; their correctness."""
         start = time.perf_counter()
         right = sample_correctness(sampler, task, problems, self.samples, self.temperature, self.max_new_tokens)
-        self.metrics[name].update(right.to(self.metrics[name].mean.device))
+        greedy = sample_correctness(sampler, task, problems, 1, 0.0, self.max_new_tokens) if self.greedy else None
+        device = self.metrics[name].mean.device
+        self.metrics[name].update(right.to(device), None if greedy is None else greedy.to(device))
         self.seconds[name] += time.perf_counter() - start
         return right
 
