@@ -11,6 +11,7 @@ import torch
 
 from ibpo_lightning.cli import run_cli
 from ibpo_lightning.diagnostics import NoisyCalculator
+from ibpo_lightning.diagnostics.credit import after_error_auc
 from ibpo_lightning.models import load_policy
 from ibpo_lightning.tasks import ChainTask
 from ibpo_lightning.tasks.chain import first_error, parse_problem, solution_lines
@@ -72,6 +73,14 @@ def test_noisy_calculator_errs_continues_and_localises(engine):
     assert len(cut.token_ids) == 3 and not cut.finished
 
 
+def test_after_error_auc_ranks_blame_from_the_first_error_on():
+    assert after_error_auc([-1.0, -1.0, -1.0], 1) == 0.5  # one number everywhere: ties
+    assert after_error_auc([0.0, 0.0, -2.0, -1.0], 2) == 1.0  # blame only from the error on
+    assert after_error_auc([-2.0, 0.0, -1.0], 2) == 0.5  # one pair won, one lost
+    assert after_error_auc([-3.0, -1.0, 0.0], 1) == 0.0
+    assert after_error_auc([-1.0, -1.0], 0) is None and after_error_auc([-1.0], 1) is None
+
+
 @pytest.mark.parametrize("estimator", ["grpo", "vineppo"])
 def test_credit_clock_and_gradient_noise_through_the_cli(tmp_path, estimator):
     records = tmp_path / "credit.jsonl"
@@ -91,10 +100,11 @@ def test_credit_clock_and_gradient_noise_through_the_cli(tmp_path, estimator):
     rows = [json.loads(line) for line in records.read_text().splitlines()]
     assert rows and float(metrics["credit/rows_located"]) > 0
     share, token_share = float(metrics["credit/after_error_share"]), float(metrics["credit/after_error_token_share"])
+    auc = float(metrics["credit/after_error_auc"])
     if estimator == "grpo":  # one number per answer: the credit split is the token split
         for row in rows:
             assert len(set(row["credit"])) == 1 and row["credit"][0] <= 0
-        assert share == pytest.approx(token_share, abs=1e-6)
+        assert share == pytest.approx(token_share, abs=1e-6) and auc == pytest.approx(0.5)
     else:  # step values: the steps before the first error keep their value, the wrong one loses it
-        assert share > token_share
+        assert share > token_share and auc > 0.5
     assert all(torch.isfinite(torch.tensor(row["credit"])).all() for row in rows)

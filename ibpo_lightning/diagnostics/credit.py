@@ -7,7 +7,11 @@ below 1 and a located error is split at the token holding that offset. Its per-t
 gives the row's *after-error share*. ``credit/after_error_share`` is the mean of that share over
 rows that got any negative credit; ``credit/after_error_token_share`` is the mean share of those
 rows' tokens from the error on, the value an estimator that smears one number over every token
-(GRPO) gets. A reset row's shared prefix counts as its tokens (its credit there is zero).
+(GRPO) gets. ``credit/after_error_auc`` ranks instead of summing: over a row's pairs (token from
+the error on, token before it), the probability that the later token carries more blame (negative
+credit) than the earlier one, ties counting half; 0.5 for one number on every token, 1 for blame
+only from the error on. It is the mean over rows that have negative credit and tokens on both
+sides. A reset row's shared prefix counts as its tokens (its credit there is zero).
 """
 
 from __future__ import annotations
@@ -17,6 +21,16 @@ import json
 from lightning.pytorch import Callback
 
 from ibpo_lightning.estimators.segments import token_texts
+
+
+def after_error_auc(credit: list[float], error: int) -> float | None:
+    """P(blame on a token from ``error`` on > blame on a token before it), ties half; None when
+    either side is empty. Blame is ``-credit``."""
+    before, after = credit[:error], credit[error:]
+    if not before or not after:
+        return None
+    wins = sum((a < b) + 0.5 * (a == b) for a in after for b in before)  # lower credit = more blame
+    return wins / (len(before) * len(after))
 
 
 class CreditLocalisation(Callback):
@@ -34,7 +48,7 @@ class CreditLocalisation(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         task, tokenizer = trainer.datamodule.task, pl_module.tokenizer
-        shares, token_shares, records = [], [], []
+        shares, token_shares, aucs, records = [], [], [], []
         for i, t in enumerate(batch.trajectories):
             if t.reward >= 1.0 or not bool(batch.loss_weights[i].any()):
                 continue
@@ -53,12 +67,17 @@ class CreditLocalisation(Callback):
             if sum(negative) > 0:
                 shares.append(sum(negative[error:]) / sum(negative))
                 token_shares.append((len(pieces) - error) / len(pieces))
+                auc = after_error_auc(credit, error)
+                if auc is not None:
+                    aucs.append(auc)
             records.append({"step": batch.policy_version, "kind": t.kind.name.lower(), "error_token": error,
                             "credit": [round(c, 5) for c in credit]})
         metrics = {"credit/rows_located": float(len(records)), "credit/rows_with_negative_credit": float(len(shares))}
         if shares:
             metrics["credit/after_error_share"] = sum(shares) / len(shares)
             metrics["credit/after_error_token_share"] = sum(token_shares) / len(token_shares)
+        if aucs:
+            metrics["credit/after_error_auc"] = sum(aucs) / len(aucs)
         pl_module.log_dict(metrics, on_step=True, on_epoch=False)
         if self.path and trainer.is_global_zero:
             with open(self.path, "a") as f:
