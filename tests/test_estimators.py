@@ -74,6 +74,27 @@ def test_ibpo_shaped_reward_and_edit_mask_golden():
     assert batch.stats["ibpo/edited_token_fraction"] == pytest.approx(1 / 3)
 
 
+def test_ibpo_repaired_credit_blame_never_reinforces_a_failure():
+    # one right answer in five: the repaired failure's shaped reward 0.3 is above the group mean
+    trajs = [traj(0, 1.0, (5, 6, 7)), traj(0, 0.0, (5, 8, 7)), traj(0, 0.0, (1, 1, 1)), traj(0, 0.0, (2, 2, 2)),
+             traj(0, 0.0, (3, 3, 3)), revision(1, 0, 1.0, (5, 6, 7))]
+    shaped = torch.tensor([1.0, 0.3, 0.0, 0.0, 0.0])
+    expected = (shaped - shaped.mean()) / (shaped.std() + 1e-6)
+    batch = batch_of(trajs)
+    adv, _ = IBPO().assign(batch)
+    assert float(expected[1]) > 0 and adv[1, 2:5].tolist() == pytest.approx([0.0, float(expected[1]), 0.0], abs=1e-6)
+    assert batch.stats["ibpo/repaired_positive"] == 1.0
+    blamed, _ = IBPO(repaired_credit="blame").assign(batch_of(trajs))
+    assert torch.count_nonzero(blamed[1]) == 0  # the positive credit on the wrong token is gone
+    for row in (0, 2, 3, 4):  # every other row is unchanged
+        assert blamed[row].tolist() == pytest.approx(adv[row].tolist())
+    # with enough right siblings the repaired failure's advantage is negative: both readings agree
+    trajs = [traj(0, 1.0, (5, 6, 7)), traj(0, 1.0, (5, 6, 7)), traj(0, 0.0, (5, 8, 7)), revision(2, 0, 1.0, (5, 6, 7))]
+    assert torch.equal(IBPO().assign(batch_of(trajs))[0], IBPO(repaired_credit="blame").assign(batch_of(trajs))[0])
+    with pytest.raises(ValueError, match="repaired_credit"):
+        IBPO(repaired_credit="sign")
+
+
 def test_ibpo_mask_is_complement_of_unchanged_tokens():
     wrong, fixed = (3, 4, 5, 6, 7, 8), (3, 9, 5, 6, 8, 10)
     batch = batch_of([traj(0, 1.0), traj(0, 0.0, wrong), revision(1, 0, 1.0, fixed)])

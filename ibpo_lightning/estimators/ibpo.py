@@ -70,6 +70,11 @@ class IBPO(Estimator):
         repair_prompt: ``whole`` (rewrite attempt A minimally, the default), ``line`` (find the first
             wrong line of attempt A, keep the lines before it, rewrite from it on), or a template of
             one's own with ``{problem}``, ``{attempt}`` and ``{reference}``.
+        repaired_credit: what a repaired failure's edited tokens get: ``shaped`` (its group-normalised
+            shaped advantage, the reconstruction's formula: positive when the group's mean shaped
+            reward is below lambda * rho, so the tokens that were wrong get positive credit) or
+            ``blame`` (only its negative part: a failure is never reinforced). Not in the paper:
+            added after measuring the sign on real chain failures (docs/results.md, section 6.4).
         train_on_revision: add each verified repair as a trained row under the task prompt, with
             positive credit on the tokens it edited (see ``ibpo_revision.py``).
         revision_is_cap: cap of the per-token importance weight of those rows,
@@ -97,6 +102,7 @@ class IBPO(Estimator):
         max_repairs_per_group: int | None = None,
         revision_temperature: float | None = None,
         repair_prompt: str = "whole",
+        repaired_credit: Literal["shaped", "blame"] = "shaped",
         train_on_revision: bool = False,
         revision_is_cap: float = 2.0,
         correct_threshold: float = 1.0,
@@ -108,6 +114,8 @@ class IBPO(Estimator):
             if "{" + name + "}" not in repair_prompt:
                 raise ValueError(f"estimator.repair_prompt must be one of {sorted(REPAIR_PROMPTS)} "
                                  f"or a template containing {{{name}}}")
+        if repaired_credit not in ("shaped", "blame"):
+            raise ValueError(f"estimator.repaired_credit must be 'shaped' or 'blame', got {repaired_credit!r}")
         if revision_is_cap <= 0:
             raise ValueError(f"estimator.revision_is_cap must be > 0, got {revision_is_cap}")
         if n_refs is not None and n_refs < 1:
@@ -119,6 +127,7 @@ class IBPO(Estimator):
         self.max_repairs_per_group, self.revision_temperature = max_repairs_per_group, revision_temperature
         self.repair_prompt, self.correct_threshold, self.eps = repair_prompt, correct_threshold, eps
         self.train_on_revision, self.revision_is_cap = train_on_revision, revision_is_cap
+        self.repaired_credit = repaired_credit
         self.rng = random.Random(seed)
         self.revision_weights: dict[int, torch.Tensor] = {}
         """w_t of the current batch's rerooted rows (row -> [response length]), set by ``prepare``."""
@@ -205,7 +214,7 @@ class IBPO(Estimator):
             if t.kind == Kind.REVISION:
                 repairs.setdefault(t.parent, []).append(t)
         phi = torch.zeros_like(batch.rewards)
-        edited_fractions = []
+        edited_fractions, masked = [], []
         for i, revs in repairs.items():
             if trajs[i].reward >= self.correct_threshold:
                 continue
@@ -217,6 +226,7 @@ class IBPO(Estimator):
                 span = batch.response_slice(i)
                 token_mask[i, span] = torch.tensor(m, dtype=token_mask.dtype, device=token_mask.device)
                 edited_fractions.append(sum(v == 1.0 for v in m) / max(len(m), 1))
+                masked.append(i)
         shaped = batch.rewards + self.shaping_coef * phi
         rerooted = torch.tensor([t.kind == Kind.REROOTED_REVISION for t in trajs], device=shaped.device)
         rows = self.trained_rows(batch) & ~rerooted  # the group baselines: fresh samples only
@@ -226,6 +236,9 @@ class IBPO(Estimator):
         batch.stats[f"{self.name}/repaired_samples"] = float(len(edited_fractions))
         batch.stats[f"{self.name}/edited_token_fraction"] = (  # 0 when no repair succeeded this step
             sum(edited_fractions) / len(edited_fractions) if edited_fractions else 0.0)
+        batch.stats[f"{self.name}/repaired_positive"] = float(sum(adv[i] > 0 for i in masked))
+        if self.repaired_credit == "blame" and masked:
+            adv[masked] = adv[masked].clamp(max=0.0)
         adv = adv.unsqueeze(-1) * token_mask * weights.gt(0)
         if self.train_on_revision:
             used = revision_credit(batch, shaped, rows, self.revision_weights, adv, weights,
