@@ -2,19 +2,25 @@
 
     python scripts/study.py run --steps 10 --seeds 0 1 2            # quickstart task, 5 estimators
     python scripts/study.py report --out docs/img/study_quickstart.png
+    python scripts/study.py run --study chain --model /work/sft-chain-smollm2   # from the SFT export
+    python scripts/study.py report --study chain
 
-Each run is ``ibpo fit -c configs/quickstart.yaml [-c configs/estimators/<name>.yaml]`` in its own
-process, CSV logs under ``runs/study/<task>/<estimator>/seed<k>``, with the per-group gradient noise
-logged every ``--noise-every`` steps (``model.grad_noise_every``). ``report`` reads those logs.
+Each run is ``ibpo fit -c <study config> [-c configs/estimators/<name>.yaml]`` in its own process,
+CSV logs under ``<root>/<estimator>/seed<k>``, with the per-group gradient noise logged every
+``--noise-every`` steps (``model.grad_noise_every``). A finished run leaves a ``done`` file and a
+rerun skips it, so a long study can be stopped and continued at any point (an interrupted run
+starts over). ``report`` reads those logs.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -25,15 +31,53 @@ import matplotlib.pyplot as plt  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 from plot_run import read_series  # noqa: E402
 
-ESTIMATORS = {  # name -> extra config files and overrides on top of the task config
-    "grpo": (["configs/estimators/grpo.yaml"], []),
-    "ibpo": ([], []),  # the task config's own IBPO (quickstart: 1 reference, <= 2 repairs a group)
-    # the arithmetic answers have no </thought> blocks: thoughts are words, and SRPO's call that
-    # names the first wrong thought gets a short budget
-    "srpo": (["configs/estimators/srpo.yaml"], ["--estimator.init_args.delimiter", " ",
-                                                 "--estimator.init_args.localisation_max_new_tokens", "8"]),
-    "rrpo": (["configs/estimators/rrpo.yaml"], ["--estimator.init_args.delimiter", " "]),
-    "dapo": (["configs/estimators/dapo.yaml"], []),
+NEWLINE = "\n"  # a real newline: jsonargparse keeps a str-typed value as given
+
+
+@dataclass
+class Study:
+    config: str
+    root: str
+    estimators: dict[str, tuple[list[str], list[str]]]  # name -> overlays, overrides on the config
+    steps: int
+    val_every: int | None = None
+    overrides: list[str] = field(default_factory=list)  # for every run
+    needs_model: bool = False  # --model is passed as model.model
+    optional: tuple[str, ...] = ()  # arms run only when named in --estimators
+
+
+STUDIES = {
+    "quickstart": Study("configs/quickstart.yaml", "runs/study/quickstart", steps=10, estimators={
+        "grpo": (["configs/estimators/grpo.yaml"], []),
+        "ibpo": ([], []),  # the task config's own IBPO (quickstart: 1 reference, <= 2 repairs a group)
+        # the arithmetic answers have no </thought> blocks: thoughts are words, and SRPO's call that
+        # names the first wrong thought gets a short budget
+        "srpo": (["configs/estimators/srpo.yaml"], ["--estimator.init_args.delimiter", " ",
+                                                     "--estimator.init_args.localisation_max_new_tokens", "8"]),
+        "rrpo": (["configs/estimators/rrpo.yaml"], ["--estimator.init_args.delimiter", " "]),
+        "dapo": (["configs/estimators/dapo.yaml"], []),
+    }),
+    # chains from the SFT cold start (docs/results.md, section 6 for the setting): a step is a line;
+    # 200 held-out chains; both IBPO readings with the same repair budget (1 reference, <= 2 repairs
+    # a group)
+    "chain": Study("configs/chain_rl.yaml", "docs/data/study_chain", steps=60, val_every=20, needs_model=True,
+                   # held-out: 4 answers at temperature 1 (the training reward's setting) and a greedy one
+                   overrides=["--trainer.precision", "auto", "--data.prompts_per_step", "16",
+                              "--model.optimizer.init_args.lr", "2.0e-5", "--model.evaluation.samples", "4",
+                              "--model.evaluation.temperature", "1.0", "--model.evaluation.greedy", "true"],
+                   estimators={
+        "grpo": (["configs/estimators/grpo.yaml"], []),
+        "ibpo": ([], []),  # chain_rl.yaml's own IBPO: the whole-answer repair prompt
+        "ibpo_revision": (["configs/estimators/ibpo_revision.yaml"], [
+            "--estimator.init_args.n_refs", "1", "--estimator.init_args.max_repairs_per_group", "2"]),
+        "srpo": (["configs/estimators/srpo.yaml"], ["--estimator.init_args.delimiter", NEWLINE,
+                                                     "--estimator.init_args.localisation_max_new_tokens", "16"]),
+        "rrpo": (["configs/estimators/rrpo.yaml"], ["--estimator.init_args.delimiter", NEWLINE]),
+        "vineppo": (["configs/estimators/vineppo.yaml"], []),
+        "dapo": (["configs/estimators/dapo.yaml"], []),
+        # IBPO without positive credit on a repaired failure's edited tokens (section 6.4)
+        "ibpo_blame": ([], ["--estimator.init_args.repaired_credit", "blame"]),
+    }, optional=("ibpo_blame",)),
 }
 
 
@@ -41,23 +85,34 @@ def run_dir(root: Path, estimator: str, seed: int) -> Path:
     return root / estimator / f"seed{seed}"
 
 
+def finished(out: Path) -> bool:
+    """A run that ended (its ``done`` file; older studies: a metrics.csv with no ``done`` files anywhere)."""
+    return (out / "done").exists() or ((out / "csv" / "metrics.csv").exists() and not any(out.parent.parent.glob("*/*/done")))
+
+
 def run(args) -> None:
+    study = STUDIES[args.study]
     for seed in args.seeds:
         for name in args.estimators:
             out = run_dir(args.root, name, seed)
-            if (out / "csv" / "metrics.csv").exists() and not args.force:
-                print(f"skip {out}: already has metrics.csv", flush=True)
+            if finished(out) and not args.force:
+                print(f"skip {out}: finished", flush=True)
                 continue
-            configs, overrides = ESTIMATORS[name]
+            (out / "csv" / "metrics.csv").unlink(missing_ok=True)  # an interrupted run starts over
+            configs, overrides = study.estimators[name]
             logger = ('[{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": '
                       f'{{"save_dir": "{out}", "name": "csv", "version": "", "flush_logs_every_n_steps": 1}}}}]')
-            cmd = [sys.executable, "-m", "ibpo_lightning.cli", "fit", "-c", args.config]
+            cmd = [sys.executable, "-m", "ibpo_lightning.cli", "fit", "-c", study.config]
             for c in configs:
                 cmd += ["-c", c]
+            if study.needs_model:
+                cmd += ["--model.model", args.model]
+            if args.lr is not None:
+                cmd += ["--model.optimizer.init_args.lr", str(args.lr)]
             # the held-out pass before training is the same greedy decode of the same model in every
             # run: only the first run of the study makes it; the report reuses its value
             first = seed == args.seeds[0] and name == args.estimators[0]
-            cmd += overrides + [
+            cmd += study.overrides + overrides + [
                 "--trainer.num_sanity_val_steps", "-1" if first else "0",
                 "--trainer.val_check_interval", str(args.val_every or args.steps),
                 "--seed_everything", str(seed), "--data.seed", str(seed), "--rollout.seed", str(seed),
@@ -68,6 +123,7 @@ def run(args) -> None:
             start = time.time()
             print(f"run {name} seed {seed}: {' '.join(cmd)}", flush=True)
             subprocess.run(cmd, check=True)
+            (out / "done").write_text(f"{time.time() - start:.0f} s\n")
             print(f"done {name} seed {seed} in {time.time() - start:.0f} s", flush=True)
 
 
@@ -82,91 +138,128 @@ def tokens_per_step(series: dict) -> list[float]:
             for step, _ in series["train/reward_mean"]]
 
 
-def summarise(series: dict, noise_every: int) -> dict[str, float]:
-    tokens = tokens_per_step(series)
-    val = series.get("val/accuracy", [])
+def tokens_before(series: dict, step: float) -> float:
+    """Generated tokens (every kind) of the training steps before ``step``: what a policy evaluated
+    after ``step`` updates cost."""
+    return sum(n for (s, _), n in zip(series["train/reward_mean"], tokens_per_step(series)) if s < step)
+
+
+VAL = {"val/accuracy": "held-out accuracy", "val/greedy": "held-out greedy accuracy"}
+
+
+def summarise(series: dict, noise_every: int, before: dict[str, float]) -> dict[str, float]:
+    """Final value and gain over ``before`` of each held-out metric, reward, tokens, noise."""
     noise = [v for _, v in noise_series(series, noise_every)]
-    before = [v for step, v in val if step == 0]
-    return {"val_first": before[0] if before else float("nan"), "val_last": val[-1][1] if val else float("nan"),
-            "reward_mean": statistics.mean(v for _, v in series["train/reward_mean"]),
-            "tokens": sum(tokens), "noise_first": noise[0] if noise else float("nan"),
-            "noise_mean": statistics.mean(noise) if noise else float("nan")}
+    out = {"reward_mean": statistics.mean(v for _, v in series["train/reward_mean"]),
+           "tokens": sum(tokens_per_step(series)), "noise_first": noise[0] if noise else float("nan"),
+           "noise_mean": statistics.mean(noise) if noise else float("nan")}
+    for key in VAL:
+        val = series.get(key, [])
+        out[key] = val[-1][1] if val else float("nan")
+        out[key + "_gain"] = out[key] - before.get(key, float("nan"))
+    return out
+
+
+def ms(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
+    values = [v * scale for v in values if not math.isnan(v)]
+    if not values:
+        return "n/a"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
 
 
 def report(args) -> None:
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-    (ax_r, ax_t), (ax_v, ax_n) = axes
+    runs = {(name, seed): read_series(run_dir(args.root, name, seed) / "csv") for name in args.estimators
+            for seed in args.seeds if finished(run_dir(args.root, name, seed))}
+    # the held-out pass before training is the same in every run; the study's first run made it
+    before = {key: v for s in runs.values() for key in VAL for step, v in s.get(key, []) if step == 0}
+    shown = [key for key in VAL if any(key in s for s in runs.values())]
+    fig, axes = plt.subplots(2, 1 + len(shown), figsize=(5 * (1 + len(shown)), 7.5), squeeze=False)
+    ax_r, ax_n = axes[0][0], axes[1][0]
     rows = []
-    before = [v for name in args.estimators for seed in args.seeds
-              if (run_dir(args.root, name, seed) / "csv" / "metrics.csv").exists()
-              for step, v in read_series(run_dir(args.root, name, seed) / "csv").get("val/accuracy", []) if step == 0]
     for k, name in enumerate(args.estimators):
         per_seed = []
         for seed in args.seeds:
-            csv_dir = run_dir(args.root, name, seed) / "csv"
-            if not (csv_dir / "metrics.csv").exists():
+            if (name, seed) not in runs:
                 continue
-            s = read_series(csv_dir)
-            per_seed.append({**summarise(s, args.noise_every), "seed": seed})
+            s = runs[name, seed]
+            per_seed.append({**summarise(s, args.noise_every, before), "seed": seed})
             style = dict(color=f"C{k}", alpha=0.7, label=name.upper() if len(per_seed) == 1 else None)
-            steps, reward = zip(*s["train/reward_mean"])
-            tokens = tokens_per_step(s)
-            cumulative = [sum(tokens[: i + 1]) / 1000 for i in range(len(tokens))]
-            ax_r.plot(steps, reward, **style)
-            ax_t.plot(cumulative, reward, **style)
-            val = s.get("val/accuracy", [])
-            if before and not any(step == 0 for step, _ in val):  # the shared pass before training
-                val = [(0.0, before[0]), *val]
-            if val:
-                ax_v.plot(*zip(*val), marker="o", **style)
+            ax_r.plot(*zip(*s["train/reward_mean"]), **style)
+            for col, key in enumerate(shown, start=1):
+                val = s.get(key, [])
+                if key in before and not any(step == 0 for step, _ in val):
+                    val = [(0.0, before[key]), *val]
+                if val:
+                    axes[0][col].plot(*zip(*val), marker="o", **style)
+                    axes[1][col].plot([tokens_before(s, step) / 1000 for step, _ in val], [v for _, v in val],
+                                      marker="o", **style)
             if noise_series(s, args.noise_every):
                 ax_n.plot(*zip(*noise_series(s, args.noise_every)), marker="s", **style)
         if per_seed:
             rows.append((name, per_seed))
     ax_r.set(title="training reward", xlabel="RL step", ylabel="mean reward of fresh samples")
-    ax_t.set(title="training reward by generated tokens", xlabel="generated tokens (thousands)")
-    ax_v.set(title="held-out greedy accuracy", xlabel="RL step", ylabel="accuracy")
     ax_n.set(title="gradient noise-to-signal (per group, lower is better)", xlabel="RL step", yscale="log")
+    for col, key in enumerate(shown, start=1):
+        axes[0][col].set(title=VAL[key], xlabel="RL step", ylabel="accuracy")
+        axes[1][col].set(title=f"{VAL[key]} by generated tokens", xlabel="generated tokens, every kind (thousands)",
+                         ylabel="accuracy")
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
     print(f"wrote {args.out}\n")
 
-    def ms(values):
-        values = [v for v in values]
-        sd = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.mean(values):.3f} ± {sd:.3f}"
-
-    print(f"held-out accuracy before training (greedy, the same for every run): {before[0] if before else 'n/a'}\n")
-    # step 0 is sampled by the same policy with the same seed in every run: paired with GRPO's
-    grpo = {p["seed"]: p["noise_first"] for name, per in rows if name == "grpo" for p in per}
-    print("| estimator | seeds | held-out after | mean train reward | generated tokens "
-          "| noise/signal at step 0 | ÷ GRPO's, same seed | noise/signal, mean of steps |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("held-out before training (the same for every run): "
+          + ", ".join(f"{VAL[k]} {v:.3f}" for k, v in before.items()) + "\n")
+    # each seed's step-0 samples come from the same policy and seed in every run: pair with GRPO's
+    grpo = {p["seed"]: p for name, per in rows if name == "grpo" for p in per}
+    head = "".join(f" {VAL[k]} after, % (per seed) | gain, points | − GRPO's, same seed |" for k in shown)
+    print(f"| estimator | seeds |{head} mean train reward | generated tokens | noise/signal at step 0 "
+          "| ÷ GRPO's, same seed | noise/signal, mean of steps |")
+    print("|---|---|" + "---|---|---|" * len(shown) + "---|---|---|---|---|")
     for name, per in rows:
         col = lambda key: [p[key] for p in per]  # noqa: E731
-        paired = [p["noise_first"] / grpo[p["seed"]] for p in per if p["seed"] in grpo]
-        print(f"| {name.upper()} | {len(per)} | {ms(col('val_last'))} | {ms(col('reward_mean'))} "
-              f"| {statistics.mean(col('tokens')):.0f} | {ms(col('noise_first'))} | {ms(paired) if paired else 'n/a'} "
-              f"| {ms(col('noise_mean'))} |")
+        paired = [(p, grpo[p["seed"]]) for p in per if p["seed"] in grpo and name != "grpo"]
+        cells = []
+        for key in shown:
+            seeds = " / ".join(f"{100 * v:.1f}" for v in col(key))
+            delta = [p[key] - g[key] for p, g in paired]
+            cells.append(f" {ms(col(key), 100, 1)} ({seeds}) | {ms(col(key + '_gain'), 100, 1)} "
+                         f"| {ms(delta, 100, 1) if paired else '—'} |")
+        noise = [p["noise_first"] / g["noise_first"] for p, g in paired]
+        print(f"| {name.upper()} | {len(per)} |{''.join(cells)} {ms(col('reward_mean'))} "
+              f"| {statistics.mean(col('tokens')):.0f} | {ms(col('noise_first'))} "
+              f"| {ms(noise) if paired else '—'} | {ms(col('noise_mean'))} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["run", "report"])
-    parser.add_argument("--config", default="configs/quickstart.yaml")
-    parser.add_argument("--root", type=Path, default=Path("runs/study/quickstart"))
-    parser.add_argument("--estimators", nargs="+", default=list(ESTIMATORS), choices=list(ESTIMATORS))
+    parser.add_argument("--study", choices=list(STUDIES), default="quickstart")
+    parser.add_argument("--root", type=Path, default=None, help="default: the study's")
+    parser.add_argument("--estimators", nargs="+", default=None, help="default: the study's")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--val-every", type=int, default=None, help="steps between held-out passes (default: at the end)")
+    parser.add_argument("--steps", type=int, default=None, help="default: the study's")
+    parser.add_argument("--val-every", type=int, default=None, help="steps between held-out passes (default: the study's, else at the end)")
     parser.add_argument("--noise-every", type=int, default=5)
-    parser.add_argument("--force", action="store_true", help="rerun runs that already have logs")
-    parser.add_argument("--out", type=Path, default=Path("docs/img/study_quickstart.png"))
+    parser.add_argument("--model", default="runs/sft_chain/export", help="model.model where the study starts from one")
+    parser.add_argument("--lr", type=float, default=None, help="the learning rate (default: the config's)")
+    parser.add_argument("--force", action="store_true", help="rerun runs that already finished")
+    parser.add_argument("--out", type=Path, default=None, help="the plot (default: docs/img/study_<study>.png)")
     args = parser.parse_args()
+    study = STUDIES[args.study]
+    args.root = args.root or Path(study.root)
+    args.estimators = args.estimators or [name for name in study.estimators if name not in study.optional]
+    unknown = sorted(set(args.estimators) - set(study.estimators))
+    if unknown:
+        parser.error(f"--estimators {unknown}: the {args.study} study has {sorted(study.estimators)}")
+    args.steps = args.steps or study.steps
+    args.val_every = args.val_every or study.val_every
+    args.out = args.out or Path(f"docs/img/study_{args.study}.png")
     run(args) if args.command == "run" else report(args)
 
 

@@ -1,0 +1,83 @@
+"""The study and localisation scripts' own logic: resuming, pairing with GRPO, the credit table."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # the study's dataclass looks its module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write_run(out: Path, val: list[tuple[int, float, float]], rewards: list[float], tokens: int) -> None:
+    """A run folder as the study writes it: CSV rows per step, validation rows, a ``done`` file."""
+    (out / "csv").mkdir(parents=True)
+    keys = ["step", "policy_version", "train/reward_mean", "tokens/fresh", "val/accuracy", "val/greedy",
+            "val/policy_version"]
+    with open(out / "csv" / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, keys)
+        w.writeheader()
+        for step, reward in enumerate(rewards):
+            w.writerow({"step": step, "policy_version": step + 1, "train/reward_mean": reward, "tokens/fresh": tokens})
+        for step, sampled, greedy in val:
+            w.writerow({"step": step, "val/accuracy": sampled, "val/greedy": greedy, "val/policy_version": step})
+    (out / "done").write_text("1 s\n")
+
+
+def test_study_report_pairs_each_seed_with_grpo(tmp_path, capsys, monkeypatch):
+    study = _script("study")
+    _write_run(tmp_path / "grpo" / "seed0", [(0, 0.30, 0.40), (4, 0.40, 0.45)], [0.3, 0.4, 0.5, 0.5], 100)
+    _write_run(tmp_path / "grpo" / "seed1", [(4, 0.50, 0.50)], [0.4, 0.4, 0.4, 0.4], 100)
+    _write_run(tmp_path / "ibpo" / "seed0", [(4, 0.45, 0.55)], [0.3, 0.3, 0.3, 0.3], 150)
+    _write_run(tmp_path / "ibpo" / "seed1", [(4, 0.60, 0.50)], [0.3, 0.3, 0.3, 0.3], 150)
+    (tmp_path / "ibpo" / "seed2" / "csv").mkdir(parents=True)  # an interrupted run: no done file
+    monkeypatch.setattr(sys, "argv", ["study.py", "report", "--study", "chain", "--root", str(tmp_path),
+                                      "--estimators", "grpo", "ibpo", "--out", str(tmp_path / "s.png")])
+    study.main()
+    out = capsys.readouterr().out
+    assert (tmp_path / "s.png").stat().st_size > 0
+    assert "held-out accuracy 0.300, held-out greedy accuracy 0.400" in out  # the first run's pass before
+    ibpo = next(line for line in out.splitlines() if line.startswith("| IBPO"))
+    cells = [c.strip() for c in ibpo.split("|")[1:-1]]
+    assert cells[1] == "2"  # the interrupted seed is left out
+    assert cells[2] == "52.5 ± 10.6 (45.0 / 60.0)"  # sampled accuracy after
+    assert cells[3] == "22.5 ± 10.6"  # gain over the 0.30 before
+    assert cells[4] == "7.5 ± 3.5"  # minus GRPO's on the same seed: +5 and +10 points
+    assert cells[7] == "5.0 ± 7.1"  # greedy minus GRPO's: +10 and 0 points
+    assert cells[9] == "600"  # generated tokens: 4 steps x 150
+    assert study.finished(tmp_path / "ibpo" / "seed0") and not study.finished(tmp_path / "ibpo" / "seed2")
+
+
+def test_study_rejects_an_estimator_the_study_does_not_have(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "study.py"), "report", "--study", "chain",
+                             "--root", str(tmp_path), "--estimators", "acpo"], capture_output=True, text=True)
+    assert result.returncode == 2 and "the chain study has" in result.stderr
+
+
+def test_localisation_table_from_credit_records(tmp_path):
+    loc = _script("localise_chain")
+    rows = [{"credit": [-1.0, -1.0, -1.0, -1.0], "error_token": 1},  # one number: share = token share
+            {"credit": [0.0, 0.0, -2.0, -2.0], "error_token": 2},  # blame only from the error on
+            {"credit": [0.0, 0.0, 0.5, 0.0], "error_token": 2},  # positive credit only: no blame
+            {"credit": [-1.0], "error_token": 0}]  # no token before the error: no AUC
+    path = tmp_path / "credit.jsonl"
+    path.write_text("".join(json.dumps({"step": 0, "kind": "fresh", **r}) + "\n" for r in rows))
+    out = loc.localisation(path)
+    assert out["rows"] == 3 and out["auc_rows"] == 2
+    assert out["share"] == pytest.approx((0.75 + 1.0 + 1.0) / 3)
+    assert out["token_share"] == pytest.approx((0.75 + 0.5 + 1.0) / 3)
+    assert out["auc"] == pytest.approx(0.75) and out["shaped_auc"] == pytest.approx(1.0)
+    assert out["masked_rows"] == 2 and out["masked_positive"] == 1 and out["masked_after"] == pytest.approx(1.0)
