@@ -4,6 +4,7 @@ engine ends up with the trained weights."""
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -92,3 +93,46 @@ def test_two_processes_match_one_process(tmp_path, one_process, strategy):
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=grad_rel)
         assert b["weights"] == pytest.approx(a["weights"], rel=weights_rel)
     assert steps_one[0]["weights"] != steps_one[-1]["weights"], "the weights never moved"
+
+
+VALIDATE = """
+trainer:
+  enable_progress_bar: false
+  logger:
+    - class_path: lightning.pytorch.loggers.CSVLogger
+      init_args: {{save_dir: {root}, name: csv, version: ""}}
+model:
+  evaluation: {{samples: 3, temperature: 1.0, pass_k: [1, 3], greedy: true}}
+data:
+  task:
+    class_path: tests.helpers.ParityTask
+    init_args: {{num_train: 16, num_heldout: 12}}
+  val_batch_size: 3
+rollout:
+  engine: tests.helpers.ScriptedEngine
+"""
+
+
+def _validate(root: Path, *extra: str) -> dict[str, float]:
+    root.mkdir()
+    (root / "overlay.yaml").write_text(VALIDATE.format(root=root))
+    command = [sys.executable, "-m", "ibpo_lightning.cli", "validate", "-c", "configs/tiny.yaml",
+               "-c", str(root / "overlay.yaml"), f"--trainer.default_root_dir={root}", *extra]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with open(root / "csv" / "metrics.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    return {k: float(v) for k, v in row.items() if k.startswith("val/")}
+
+
+@pytest.mark.slow
+def test_sampled_and_greedy_evaluation_gather_over_fsdp2_ranks(tmp_path):
+    """``model.evaluation.greedy`` beside mean@n and pass@k: 12 held-out problems split over 2
+    FSDP2 ranks give the metrics of one process seeing all 12."""
+    one = _validate(tmp_path / "one")
+    two = _validate(tmp_path / "two", *STRATEGIES["fsdp2"])
+    assert set(one) >= {"val/accuracy", "val/mean@3", "val/pass@1", "val/pass@3", "val/greedy"}
+    assert two == pytest.approx(one, abs=1e-6)
+    # the scripted engine's greedy answer is its first sample: greedy accuracy is sample 0's, which
+    # lies between none and all of the three samples being right
+    assert 0.0 < one["val/greedy"] < 1.0 and one["val/mean@3"] <= one["val/pass@3"]
