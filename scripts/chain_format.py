@@ -6,7 +6,10 @@ The held-out chains are those of the SFT config's task (never among its training
 can overlap). An answer *complies* with the chain format when it is exactly one ``a op b = c``
 line per step followed by ``Answer: <integer>``, whether or not the numbers are right. For a
 wrong answer the first wrong line is ``ChainTask.first_error``'s offset turned into a line number
-(1 = the first step; steps + 1 = the ``Answer:`` line).
+(1 = the first step; steps + 1 = the ``Answer:`` line), and its *kind* (``error_kind``): a wrong
+result of an addition, subtraction or multiplication, an operand or operator copied wrong, a
+carried value that is not the previous result, a line not in ``a op b = c`` form, a missing
+line, or a wrong ``Answer:`` line.
 
     python scripts/chain_format.py --model smollm2-135m-instruct --extra-steps 4        # before
     python scripts/chain_format.py --model runs/sft_chain/export --extra-steps 4        # after
@@ -28,7 +31,7 @@ from ibpo_lightning.models import load_policy
 from ibpo_lightning.rollout import HFEngine
 from ibpo_lightning.rollout.sampler import Sampler
 from ibpo_lightning.tasks import ChainTask
-from ibpo_lightning.tasks.chain import first_error, parse_problem
+from ibpo_lightning.tasks.chain import apply, first_error, parse_problem
 
 _STEP = re.compile(r"-?\d+ [-+*] -?\d+ = -?\d+")
 _ANSWER = re.compile(r"Answer: -?\d+")
@@ -45,6 +48,28 @@ def first_wrong_line(problem: str, response: str) -> int | None:
     """1-based line of the first wrong line, None when every line is right."""
     offset = first_error(problem, response)
     return None if offset is None else response[:offset].count("\n") + 1
+
+
+def error_kind(problem: str, response: str) -> str:
+    """What the first wrong line of ``response`` got wrong (``right`` when nothing)."""
+    value, ops = parse_problem(problem)
+    lines = response.strip().split("\n")
+    for k, (op, operand) in enumerate(ops):
+        if k >= len(lines):
+            return "missing line"
+        found = re.fullmatch(r"(-?\d+) ([-+*]) (-?\d+) = (-?\d+)", lines[k].strip())
+        if not found:
+            return "format"
+        a, written_op, b, c = int(found[1]), found[2], int(found[3]), int(found[4])
+        if written_op != op or b != operand:
+            return "copied operation"
+        if a != value:
+            return "carried value"
+        if c != apply(a, op, b):
+            return f"result {op}"
+        value = c
+    answer = lines[len(ops)].strip() if len(lines) > len(ops) else ""
+    return "right" if answer == f"Answer: {value}" else "answer line"
 
 
 def problems(config: str, extra_steps: list[int], extra_count: int) -> tuple[ChainTask, list]:
@@ -80,6 +105,7 @@ def main() -> None:
     seconds = time.perf_counter() - start
     by_len: dict[int, Counter] = defaultdict(Counter)
     first: dict[int, Counter] = defaultdict(Counter)
+    kinds: Counter = Counter()
     for q, group in zip(held, groups):
         steps = len(parse_problem(q.prompt)[1])
         for s in group:
@@ -87,6 +113,7 @@ def main() -> None:
             c["n"] += 1
             c["format"] += complies(s.text, steps)
             c["right"] += task.score([s.text], [q.answer])[0] >= 1.0
+            kinds[error_kind(q.prompt, s.text)] += 1
             line = first_wrong_line(q.prompt, s.text)
             if line is not None:
                 first[steps][line] += 1
@@ -100,9 +127,10 @@ def main() -> None:
         rows[steps] = {"answers": c["n"], "format": c["format"] / c["n"], "accuracy": c["right"] / c["n"],
                        "first_wrong_line": spread}
         print(f"{steps:5d}  {c['n']:7d}  {c['format'] / c['n']:6.3f}  {c['right'] / c['n']:8.3f}  {spread}")
+    print("what the first wrong line got wrong: " + ", ".join(f"{k} {n}" for k, n in kinds.most_common()))
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "temperature": args.temperature,
-                                               "seconds": seconds, "by_steps": rows}, indent=1))
+                                               "seconds": seconds, "by_steps": rows, "kinds": kinds}, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The study and localisation scripts' own logic: resuming, pairing with GRPO, the credit table."""
+"""The study, localisation and chain-format scripts' own logic: resuming, pairing with GRPO, the credit table, error kinds."""
 
 from __future__ import annotations
 
@@ -81,3 +81,16 @@ def test_localisation_table_from_credit_records(tmp_path):
     assert out["token_share"] == pytest.approx((0.75 + 0.5 + 1.0) / 3)
     assert out["auc"] == pytest.approx(0.75) and out["shaped_auc"] == pytest.approx(1.0)
     assert out["masked_rows"] == 2 and out["masked_positive"] == 1 and out["masked_after"] == pytest.approx(1.0)
+
+
+def test_chain_error_kinds():
+    kind = _script("chain_format").error_kind
+    problem = "Start with 4. Multiply by 4. Subtract 20. Add 9."  # 16, -4, 5
+    assert kind(problem, "4 * 4 = 16\n16 - 20 = -4\n-4 + 9 = 5\nAnswer: 5") == "right"
+    assert kind(problem, "4 * 4 = 16\n16 - 20 = 4\n4 + 9 = 13\nAnswer: 13") == "result -"
+    assert kind(problem, "4 * 4 = 15\n15 - 20 = -5\n-5 + 9 = 4\nAnswer: 4") == "result *"
+    assert kind(problem, "4 * 4 = 16\n16 - 2 = 14\n14 + 9 = 23\nAnswer: 23") == "copied operation"
+    assert kind(problem, "4 * 4 = 16\n6 - 20 = -14\n-14 + 9 = -5\nAnswer: -5") == "carried value"
+    assert kind(problem, "4 * 4 = 16\nthen subtract\n") == "format"
+    assert kind(problem, "4 * 4 = 16\n16 - 20 = -4") == "missing line"
+    assert kind(problem, "4 * 4 = 16\n16 - 20 = -4\n-4 + 9 = 5\nAnswer: 6") == "answer line"
