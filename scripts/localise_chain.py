@@ -27,22 +27,22 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ibpo_lightning.diagnostics.credit import after_error_auc  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from study import NEWLINE, STUDIES  # noqa: E402
 
-NEWLINE = "\n"  # a real newline: jsonargparse keeps a str-typed value as given
-LINES = ["--estimator.init_args.delimiter", NEWLINE]  # a chain answer's step is a line
-ESTIMATORS = {  # name -> estimator overlay (None: the chain config's own IBPO) and overrides for chains
-    "grpo": ("grpo", []), "dr_grpo": ("dr_grpo", []), "dapo": ("dapo", []), "gspo": ("gspo", []),
-    "rloo": ("rloo", []), "reinforce_pp": ("reinforce_pp", []), "reinforce_pp_baseline": ("reinforce_pp_baseline", []),
-    "ibpo_whole": (None, []),
-    "ibpo_line": (None, ["--estimator.init_args.repair_prompt", "line"]),
-    "ibpo_revision": ("ibpo_revision", ["--estimator.init_args.n_refs", "1",
-                                        "--estimator.init_args.max_repairs_per_group", "2"]),
-    "srpo": ("srpo", LINES + ["--estimator.init_args.localisation_max_new_tokens", "16"]),
-    "rrpo": ("rrpo", LINES),
-    "vineppo": ("vineppo", []),
-    "spo": ("spo", ["--estimator.init_args.segment_tokens", "8"]),
-    "acpo": ("acpo", ["--estimator.init_args.step_delimiter", NEWLINE]),
+from ibpo_lightning.diagnostics.credit import row_localisation  # noqa: E402
+
+CHAIN = STUDIES["chain"].estimators  # the study's chain overrides (a step is a line), one source
+ESTIMATORS = {  # name -> estimator overlays and overrides on the chain config
+    **{name: ([f"configs/estimators/{name}.yaml"], []) for name in
+       ("grpo", "dr_grpo", "gspo", "rloo", "reinforce_pp", "reinforce_pp_baseline")},
+    "dapo": CHAIN["dapo"],
+    "ibpo_whole": CHAIN["ibpo"],  # the chain config's own IBPO
+    "ibpo_line": ([], ["--estimator.init_args.repair_prompt", "line"]),
+    "ibpo_revision": CHAIN["ibpo_revision"],
+    "srpo": CHAIN["srpo"], "rrpo": CHAIN["rrpo"], "vineppo": CHAIN["vineppo"],
+    "spo": (["configs/estimators/spo.yaml"], ["--estimator.init_args.segment_tokens", "8"]),
+    "acpo": (["configs/estimators/acpo.yaml"], ["--estimator.init_args.step_delimiter", NEWLINE]),
 }
 
 
@@ -54,14 +54,14 @@ def run(args) -> None:
             continue
         out.mkdir(parents=True, exist_ok=True)
         (out / "credit.jsonl").unlink(missing_ok=True)
-        overlay, overrides = ESTIMATORS[name]
+        overlays, overrides = ESTIMATORS[name]
         logger = [{"class_path": "lightning.pytorch.loggers.CSVLogger",
                    "init_args": {"save_dir": str(out), "name": "csv", "version": "", "flush_logs_every_n_steps": 1}}]
         callbacks = [{"class_path": "ibpo_lightning.diagnostics.CreditLocalisation",
                       "init_args": {"path": str(out / "credit.jsonl")}}]
         cmd = [sys.executable, "-m", "ibpo_lightning.cli", "fit", "-c", args.config]
-        if overlay:
-            cmd += ["-c", f"configs/estimators/{overlay}.yaml"]
+        for overlay in overlays:
+            cmd += ["-c", overlay]
         cmd += overrides + [
             "--model.model", args.model, "--model.optimizer.init_args.lr", "0.0",
             "--trainer.precision", args.precision, "--data.steps", str(args.steps),
@@ -91,12 +91,12 @@ def localisation(path: Path) -> dict[str, float]:
             masked += 1
             masked_after.append(sum(abs(c) for c in credit[error:]) / sum(abs(c) for c in credit))
             masked_positive += max(credit) > 0
-        blame = [max(-c, 0.0) for c in credit]
-        if not credit or sum(blame) <= 0:
+        located = row_localisation(credit, error)
+        if located is None:
             continue
-        shares.append(sum(blame[error:]) / sum(blame))
-        token_shares.append((len(credit) - error) / len(credit))
-        auc = after_error_auc(credit, error)
+        share, token_share, auc = located
+        shares.append(share)
+        token_shares.append(token_share)
         if auc is not None:
             aucs.append(auc)
             if len(set(credit)) > 1:

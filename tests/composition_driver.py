@@ -46,6 +46,7 @@ def main() -> None:
             own = f"{cli.model.estimator.name}/"
             row.update(version=cli.model.policy_version, reward=float(metrics["train/reward_mean"]),
                        estimator_metrics={k: float(v) for k, v in metrics.items() if k.startswith(own)},
+                       credit={k: float(v) for k, v in metrics.items() if k.startswith("credit/")},
                        reference=cli.model.reference is not None, world=cli.trainer.world_size,
                        strategy=type(cli.trainer.strategy).__name__,
                        exported=sorted(p.name for p in (out / overlay.stem / "export").glob("*.safetensors")))

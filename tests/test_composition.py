@@ -63,3 +63,25 @@ def test_ibpo_revision_rows_train_under(strategy, tmp_path):
         assert "error" not in row, row["error"]
         assert row["strategy"] == strategy_class and row["version"] == 1
         assert row["estimator_metrics"]["ibpo/revision_rows"] > 0  # averaged over ranks
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_credit_localisation_and_blame_only_ibpo_under(strategy, tmp_path):
+    """``CreditLocalisation`` (its AUC included) on the chain task and IBPO with
+    ``repaired_credit: blame``, on 2 processes: every rank logs the same rank-averaged metrics."""
+    launcher, overlay, strategy_class, world = LAUNCH[strategy]
+    launcher = [*launcher[:-1], str(int(launcher[-1]) + 20)]  # its own port
+    command = [sys.executable, *launcher, "tests/composition_driver.py", str(tmp_path), "ibpo", "--", *overlay,
+               "--trainer.accelerator=cpu", "--data.task=ibpo_lightning.tasks.ChainTask",
+               "--estimator.init_args.repaired_credit=blame",
+               "--trainer.callbacks+=ibpo_lightning.diagnostics.CreditLocalisation"]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [json.loads((tmp_path / f"rank{rank}.jsonl").read_text()) for rank in range(world)]
+    for row in rows:
+        assert "error" not in row, row["error"]
+        assert row["strategy"] == strategy_class and row["version"] == 1
+        assert row["credit"]["credit/rows_located"] > 0  # the tiny random model gets every chain wrong
+        assert "ibpo/repaired_positive" in row["estimator_metrics"]
+    assert rows[0]["credit"] == rows[1]["credit"]
