@@ -92,13 +92,16 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=1, help="answers per problem")
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=["32-true", "bf16-mixed"], default="32-true",
+                   help="bf16-mixed samples under the bf16 autocast of an RL run with precision auto on "
+                        "a bf16 CPU; at temperature 1 the two formats differ by points (docs/results.md 6.2)")
     p.add_argument("--json", default=None, help="also write the figures to this file")
     args = p.parse_args()
     torch.manual_seed(args.seed)
     task, held = problems(args.config, args.extra_steps, args.extra_count)
     policy, tokenizer = load_policy(args.model)
     sampler = Sampler(HFEngine(batch_size=64), 1, args.max_new_tokens, args.temperature, 1.0, args.seed)
-    sampler.bind(policy, tokenizer, 0)
+    sampler.bind(policy, tokenizer, 0, compute_dtype=torch.bfloat16 if args.precision == "bf16-mixed" else None)
     start = time.perf_counter()
     prompts = [sampler.encode(q.prompt, task.system_prompt) for q in held]
     groups = sampler.generate(prompts, args.samples)
@@ -118,7 +121,7 @@ def main() -> None:
             if line is not None:
                 first[steps][line] += 1
     rows = {}
-    print(f"model {args.model}, temperature {args.temperature:g}, {args.samples} sample(s) per problem, "
+    print(f"model {args.model}, {args.precision}, temperature {args.temperature:g}, {args.samples} sample(s) per problem, "
           f"{len(held)} problems, {seconds:.0f} s of sampling")
     print("steps  answers  format  accuracy  first wrong line (1..steps, then the Answer line)")
     for steps in sorted(by_len):

@@ -61,8 +61,11 @@ STUDIES = {
     # 200 held-out chains; both IBPO readings with the same repair budget (1 reference, <= 2 repairs
     # a group)
     "chain": Study("configs/chain_rl.yaml", "docs/data/study_chain", steps=60, val_every=20, needs_model=True,
-                   # held-out: 4 answers at temperature 1 (the training reward's setting) and a greedy one
+                   # held-out: 4 answers at temperature 1 (the training reward's setting) and a greedy one;
+                   # RL on + and - chains with values up to 10, where GRPO gains 15 points in 60 steps
+                   # (probe F of section 6.2; the SFT chains also multiply and go up to 20)
                    overrides=["--trainer.precision", "auto", "--data.prompts_per_step", "16",
+                              "--data.task.init_args.operators", "+-", "--data.task.init_args.max_value", "10",
                               "--model.optimizer.init_args.lr", "2.0e-5", "--model.evaluation.samples", "4",
                               "--model.evaluation.temperature", "1.0", "--model.evaluation.greedy", "true"],
                    estimators={

@@ -94,3 +94,17 @@ def test_chain_error_kinds():
     assert kind(problem, "4 * 4 = 16\nthen subtract\n") == "format"
     assert kind(problem, "4 * 4 = 16\n16 - 20 = -4") == "missing line"
     assert kind(problem, "4 * 4 = 16\n16 - 20 = -4\n-4 + 9 = 5\nAnswer: 6") == "answer line"
+
+
+def test_engine_fidelity_distance_and_a_run_on_the_tiny_model():
+    fidelity = _script("engine_fidelity")
+    import torch
+
+    probs = [torch.tensor([0.5, 0.25, 0.25, 0.0])]
+    assert fidelity.distance([[0, 0, 1, 2]], probs) == pytest.approx(0.0)  # frequencies equal to probs
+    assert fidelity.distance([[3, 3]], probs) == pytest.approx(1.0)  # all mass where p is 0
+    assert fidelity.distance_probs(probs, [torch.tensor([0.25, 0.25, 0.25, 0.25])]) == pytest.approx(0.25)
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "engine_fidelity.py"), "--model", "tiny-random-llama",
+                          "--engines", "hf", "--positions", "2", "--samples", "20", "--max-prob", "2"],
+                         capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert "2 positions" in out and "hf engine" in out and "other format" in out, out
