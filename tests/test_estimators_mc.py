@@ -182,3 +182,21 @@ def test_two_step_fit_through_the_cli(tmp_path, name, extra):
     metrics = cli.trainer.callback_metrics
     assert metrics["tokens/fresh"] > 0 and metrics["tokens/probe"] > 0
     assert metrics[f"{name}/probes"] > 0
+
+
+def test_a_delimiter_with_its_quotes_or_escapes_kept_literally_warns():
+    """'"\\n"' from a CLI or a single-quoted yaml value is four characters that never match: say so."""
+    import warnings
+
+    from ibpo_lightning.estimators import ACPO, IBPO, SRPO, VinePPO
+
+    for slip in ('"\n"', "\\n", "'\n\n'"):
+        for make in (lambda d: SRPO(delimiter=d), lambda d: VinePPO(delimiter=d),
+                     lambda d: IBPO(mask_granularity="step", step_delimiter=d), lambda d: ACPO(step_delimiter=d)):
+            with pytest.warns(UserWarning, match="delimiter is .*write the characters themselves"):
+                make(slip)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the real characters, and SPO's fixed segments, pass in silence
+        SRPO(delimiter="\n"), VinePPO(delimiter="\n\n"), ACPO(step_delimiter="</step>")
+        IBPO(mask_granularity="step", step_delimiter="\n")
+        VinePPO(delimiter="\\n", segment_tokens=8)

@@ -34,7 +34,7 @@ import torch
 from ibpo_lightning.estimators.base import Estimator
 from ibpo_lightning.estimators.functional import (
     attribution_factors, broadcast_to_tokens, group_normalise, step_of_tokens, zscore)
-from ibpo_lightning.estimators.segments import segment, thin
+from ibpo_lightning.estimators.segments import check_delimiter, segment, thin
 from ibpo_lightning.types import RolloutBatch
 
 
@@ -91,6 +91,7 @@ class ACPO(Estimator):
                 raise ValueError(f"estimator.{name} must satisfy 0 <= low <= high <= 1, got {(lo, hi)}")
         if attribution_coef < 0 or entropy_coef < 0:
             raise ValueError("estimator.attribution_coef and estimator.entropy_coef must be >= 0")
+        check_delimiter("step_delimiter", step_delimiter)
         self.step_delimiter, self.dynamic_cuts, self.max_steps = step_delimiter, dynamic_cuts, max_steps
         self.attribution, self.answer_cue, self.attribution_coef = attribution, answer_cue, attribution_coef
         self.entropy_coef, self.target_entropy, self.crucial_z = entropy_coef, target_entropy, crucial_z

@@ -29,7 +29,7 @@ import torch
 from ibpo_lightning.estimators.base import Estimator
 from ibpo_lightning.estimators.functional import expand_to_steps, group_normalise, levenshtein_kept
 from ibpo_lightning.estimators.ibpo_revision import rerooted_rows, revision_credit, score_rerooted
-from ibpo_lightning.estimators.segments import segment
+from ibpo_lightning.estimators.segments import check_delimiter, segment
 from ibpo_lightning.types import GenerationKind, Kind, RolloutBatch, Trajectory
 
 REPAIR_PROMPT = (
@@ -123,6 +123,8 @@ class IBPO(Estimator):
         self.shaping_coef, self.repair_bonus, self.n_refs = shaping_coef, repair_bonus, n_refs
         self.ref_policy, self.fallback_refs, self.signal = ref_policy, fallback_refs, signal
         self.normalize_std, self.mask_mode, self.unchanged_weight = normalize_std, mask_mode, unchanged_weight
+        if mask_granularity == "step":
+            check_delimiter("step_delimiter", step_delimiter)
         self.mask_granularity, self.step_delimiter = mask_granularity, step_delimiter
         self.max_repairs_per_group, self.revision_temperature = max_repairs_per_group, revision_temperature
         self.repair_prompt, self.correct_threshold, self.eps = repair_prompt, correct_threshold, eps

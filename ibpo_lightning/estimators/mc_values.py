@@ -30,7 +30,7 @@ import torch
 
 from ibpo_lightning.estimators.base import Estimator
 from ibpo_lightning.estimators.functional import value_differences
-from ibpo_lightning.estimators.segments import continuation, segment, thin
+from ibpo_lightning.estimators.segments import check_delimiter, continuation, segment, thin
 from ibpo_lightning.types import GenerationKind, Kind, RolloutBatch
 
 
@@ -65,6 +65,8 @@ class VinePPO(Estimator):
         for field, value in (("max_steps", max_steps), ("max_probes", max_probes)):
             if value is not None and value < 0:
                 raise ValueError(f"estimator.{field} must be >= 0 or null, got {value}")
+        if segment_tokens is None:
+            check_delimiter("delimiter", delimiter)
         self.n_probes, self.delimiter, self.segment_tokens = n_probes, delimiter, segment_tokens
         self.initial_value, self.prob_threshold = initial_value, prob_threshold
         self.max_steps, self.max_probes, self.probe_temperature = max_steps, max_probes, probe_temperature

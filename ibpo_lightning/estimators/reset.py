@@ -31,7 +31,7 @@ import torch
 
 from ibpo_lightning.estimators.base import Estimator
 from ibpo_lightning.estimators.functional import broadcast_to_tokens, zscore_within
-from ibpo_lightning.estimators.segments import continuation, segment
+from ibpo_lightning.estimators.segments import check_delimiter, continuation, segment
 from ibpo_lightning.types import GenerationKind, Kind, RolloutBatch
 
 
@@ -56,6 +56,7 @@ class ResetEstimator(Estimator):
             raise ValueError(f"estimator.n_resets must be >= 1, got {n_resets}")
         if not delimiter:
             raise ValueError("estimator.delimiter must be a non-empty string")
+        check_delimiter("delimiter", delimiter)
         self.n_resets, self.delimiter, self.train_parent = n_resets, delimiter, train_parent
         self.reset_temperature, self.correct_threshold, self.min_std = reset_temperature, correct_threshold, min_std
         self.rng = random.Random(seed)

@@ -10,8 +10,27 @@ larger token (``".\\n\\n"``) is still found.
 
 from __future__ import annotations
 
+import warnings
+
 from ibpo_lightning.rollout.engine import Sample
 from ibpo_lightning.types import Trajectory
+
+
+def check_delimiter(field: str, delimiter: str | None) -> None:
+    """Warn about a step delimiter that is almost surely a quoting slip: quotes or backslash escapes
+    kept literally (a yaml or CLI value such as ``'"\\n"'`` reaches the estimator as four characters).
+    Such a delimiter never matches, and the estimator finds no steps in any answer, silently."""
+    if not delimiter:
+        return
+    quoted = len(delimiter) >= 2 and delimiter[0] == delimiter[-1] and delimiter[0] in "'\""
+    escaped = any(e in delimiter for e in ("\\n", "\\t"))
+    if quoted or escaped:
+        real = delimiter.strip("'\"") if quoted else delimiter
+        real = real.replace("\\n", "\n").replace("\\t", "\t")
+        warnings.warn(f"estimator.{field} is {delimiter!r}: its quotes or backslash escapes are part of the text, "
+                      f"so it only matches that literal text. For {real!r}, write the characters themselves: "
+                      "in yaml a double-quoted \"\\n\", on the command line a real newline ($'\\n' in bash).",
+                      UserWarning, stacklevel=3)
 
 
 def delimiter_ends(token_texts: list[str], delimiter: str) -> tuple[int, ...]:
