@@ -11,9 +11,10 @@ The directory loads with ``transformers.AutoModelForCausalLM.from_pretrained`` a
 Every path writes the same thing: the full weights under the base model's names, LoRA adapters
 merged as the rollout engine receives them (``full_state_dict``), written by ``save_hf_state``.
 ``HFExport`` also handles an FSDP2-sharded policy (``configs/strategies/fsdp2.yaml``): every
-rank takes part in gathering the weights, one parameter at a time, and process 0 writes them. ``scripts/export_hf.py`` reads single-file checkpoints only: an FSDP2 run
-writes a directory of per-rank shards by default (the strategy's ``save_distributed_checkpoint``),
-so export such a run with ``HFExport``.
+rank takes part in gathering the weights, one parameter at a time, and process 0 writes them.
+``scripts/export_hf.py`` reads both kinds of training checkpoint: a single ``.ckpt`` file, and
+the directory of per-rank shards an FSDP2 run writes (the strategy's ``save_distributed_checkpoint``:
+``meta.pt`` plus torch distributed-checkpoint files), which it reassembles in one process.
 """
 
 from __future__ import annotations
@@ -95,18 +96,39 @@ def save_hf_state(policy, state: dict[str, torch.Tensor], tokenizer, out: str | 
 
 
 def policy_from_checkpoint(ckpt_path: str | Path):
-    """The policy and tokenizer of a training checkpoint (``PolicyModule`` state), on CPU."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    """The policy and tokenizer of a training checkpoint (``PolicyModule`` state), on CPU: a
+    ``.ckpt`` file, or the directory of shards an FSDP2 run writes."""
+    path = Path(ckpt_path)
+    sharded = path.is_dir()
+    if sharded and not (path / "meta.pt").is_file():
+        raise ValueError(f"{path} is a directory but not a sharded checkpoint (no meta.pt in it)")
+    ckpt = torch.load(path / "meta.pt" if sharded else path, map_location="cpu", weights_only=False)
     try:
         name = ckpt["hyper_parameters"]["model"]
     except KeyError:
         raise ValueError(f"{ckpt_path} is not a PolicyModule checkpoint (no hyper_parameters.model)") from None
     policy, tokenizer = load_policy(name)
+    if sharded:
+        _load_shards(policy, path)
+        return policy, tokenizer
     state = {k.removeprefix("policy."): v for k, v in ckpt["state_dict"].items() if k.startswith("policy.")}
     if not state:
         raise ValueError(f"{ckpt_path} holds no policy weights (no 'policy.*' keys)")
     policy.load_state_dict(state, strict=True)
     return policy, tokenizer
+
+
+def _load_shards(policy, path: Path) -> None:
+    """Fill ``policy`` in place from a distributed checkpoint's ``state_dict.policy.*`` entries,
+    whatever the number of ranks that wrote them (torch reassembles the shards; no process group)."""
+    from torch.distributed.checkpoint import load
+
+    wanted = {f"policy.{k}": v for k, v in policy.state_dict().items()}
+    try:
+        load({"state_dict": wanted}, checkpoint_id=str(path), no_dist=True)
+    except Exception as err:  # a missing key surfaces as a planner error naming it
+        raise ValueError(f"{path}: its shards do not hold this policy's weights ({err})") from err
+    policy.load_state_dict({k.removeprefix("policy."): v for k, v in wanted.items()}, strict=True)
 
 
 class HFExport(Callback):

@@ -15,7 +15,8 @@ from ibpo_lightning.export import DTYPES, policy_from_checkpoint, save_hf
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="a .ckpt written by `ibpo fit` or `ibpo sft`")
+    parser.add_argument("checkpoint", help="a .ckpt written by `ibpo fit` or `ibpo sft`, or an FSDP2 run's "
+                                           "checkpoint directory of shards")
     parser.add_argument("out", help="output directory")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                         help="cast the saved weights (default: as trained, float32)")

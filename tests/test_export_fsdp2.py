@@ -96,7 +96,8 @@ def runs(tmp_path_factory):
     resolve_model_path("tiny-random-llama")  # built here once, not by two ranks at the same time
     root = tmp_path_factory.mktemp("export")
     _fit(root / "one", 4)
-    seconds = _fit(root / "fsdp2", 2, *FSDP2)
+    # with a checkpoint at the end: ModelParallelStrategy writes it as a directory of shards
+    seconds = _fit(root / "fsdp2", 2, *FSDP2, "--trainer.enable_checkpointing", "true")
     print(f"2-process FSDP2 run with export: {seconds:.0f} s")
     return root / "one", root / "fsdp2"
 
@@ -131,6 +132,25 @@ def test_fsdp2_export_loads_and_holds_the_trained_weights(runs):
     base, _ = load_policy("tiny-random-llama")
     moved = float((base.model.norm.weight - params["model.norm.weight"]).detach().abs().max())
     assert moved > 5e-3, f"the run moved the weights by {moved} only: the comparison above would be vacuous"
+
+
+@pytest.mark.slow
+def test_export_script_reads_the_sharded_checkpoint_of_an_fsdp2_run(runs, tmp_path):
+    """scripts/export_hf.py on the run's checkpoint directory writes what HFExport wrote at the end."""
+    _, two = runs
+    (ckpt,) = (two / "checkpoints").iterdir()
+    assert ckpt.is_dir() and (ckpt / "meta.pt").is_file()  # per-rank shards, not one file
+    subprocess.run([sys.executable, "scripts/export_hf.py", str(ckpt), str(tmp_path / "out")], cwd=ROOT, check=True,
+                   capture_output=True)
+    ours, callback = load_file(tmp_path / "out" / "model.safetensors"), load_file(two / "export" / "model.safetensors")
+    assert ours.keys() == callback.keys()
+    for name, value in callback.items():
+        assert torch.equal(ours[name], value), name
+    (tmp_path / "not_a_checkpoint").mkdir()
+    from ibpo_lightning.export import policy_from_checkpoint
+
+    with pytest.raises(ValueError, match="not a sharded checkpoint"):
+        policy_from_checkpoint(tmp_path / "not_a_checkpoint")
 
 
 def test_gathered_export_merges_lora_and_casts_dtype(tmp_path):
