@@ -43,7 +43,6 @@ class Study:
     val_every: int | None = None
     overrides: list[str] = field(default_factory=list)  # for every run
     needs_model: bool = False  # --model is passed as model.model
-    optional: tuple[str, ...] = ()  # arms run only when named in --estimators
 
 
 STUDIES = {
@@ -78,9 +77,10 @@ STUDIES = {
         "rrpo": (["configs/estimators/rrpo.yaml"], ["--estimator.init_args.delimiter", NEWLINE]),
         "vineppo": (["configs/estimators/vineppo.yaml"], []),
         "dapo": (["configs/estimators/dapo.yaml"], []),
-        # IBPO without positive credit on a repaired failure's edited tokens (section 6.4)
+        # IBPO without positive credit on a repaired failure's edited tokens (section 6.4): the
+        # sign question, last in each seed
         "ibpo_blame": ([], ["--estimator.init_args.repaired_credit", "blame"]),
-    }, optional=("ibpo_blame",)),
+    }),
 }
 
 
@@ -256,7 +256,7 @@ def main() -> None:
     args = parser.parse_args()
     study = STUDIES[args.study]
     args.root = args.root or Path(study.root)
-    args.estimators = args.estimators or [name for name in study.estimators if name not in study.optional]
+    args.estimators = args.estimators or list(study.estimators)
     unknown = sorted(set(args.estimators) - set(study.estimators))
     if unknown:
         parser.error(f"--estimators {unknown}: the {args.study} study has {sorted(study.estimators)}")
