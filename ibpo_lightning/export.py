@@ -120,7 +120,9 @@ def policy_from_checkpoint(ckpt_path: str | Path):
 
 def _load_shards(policy, path: Path) -> None:
     """Fill ``policy`` in place from a distributed checkpoint's ``state_dict.policy.*`` entries,
-    whatever the number of ranks that wrote them (torch reassembles the shards; no process group)."""
+    whatever the number of ranks that wrote them (torch reassembles the shards; no process group).
+    ``load`` copies into the given tensors, which are the parameters' own storage, and fails on
+    any key the shards lack: every weight is read, none twice."""
     from torch.distributed.checkpoint import load
 
     wanted = {f"policy.{k}": v for k, v in policy.state_dict().items()}
@@ -128,7 +130,6 @@ def _load_shards(policy, path: Path) -> None:
         load({"state_dict": wanted}, checkpoint_id=str(path), no_dist=True)
     except Exception as err:  # a missing key surfaces as a planner error naming it
         raise ValueError(f"{path}: its shards do not hold this policy's weights ({err})") from err
-    policy.load_state_dict({k.removeprefix("policy."): v for k, v in wanted.items()}, strict=True)
 
 
 class HFExport(Callback):

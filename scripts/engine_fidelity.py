@@ -16,7 +16,6 @@ precision, to show how far apart the two numeric formats put the model's probabi
 from __future__ import annotations
 
 import argparse
-import contextlib
 
 import torch
 
@@ -26,17 +25,22 @@ from ibpo_lightning.rollout.sampler import encode_chat
 from ibpo_lightning.tasks import ChainTask
 
 
+@torch.no_grad()
+def next_token_probs(policy, ids: list[int], bf16: bool) -> torch.Tensor:
+    """The trainer's next-token probabilities after ``ids``, in fp32 or under bf16 autocast."""
+    with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+        return policy(torch.tensor([ids])).logits[0, -1].float().softmax(-1)
+
+
 def positions(policy, tok, task: ChainTask, count: int, max_prob: float, bf16: bool):
     """Prompt ids ending at ``a op b =`` and the trainer's next-token probabilities there."""
-    half = torch.autocast("cpu", torch.bfloat16) if bf16 else contextlib.nullcontext()
     found = []
     for q in task.heldout_problems():
         base = encode_chat(tok, q.prompt, task.system_prompt)
         lines = q.solution.split("\n")[:-1]
         for k, line in enumerate(lines):
             ids = base + tok.encode("\n".join(lines[:k] + [line.split("=")[0] + "="]), add_special_tokens=False)
-            with torch.no_grad(), half:
-                p = policy(torch.tensor([ids])).logits[0, -1].float().softmax(-1)
+            p = next_token_probs(policy, ids, bf16)
             if p.max() < max_prob:
                 found.append((ids, p))
         if len(found) >= count:
@@ -44,15 +48,15 @@ def positions(policy, tok, task: ChainTask, count: int, max_prob: float, bf16: b
     return found
 
 
+def distance_probs(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """Mean total-variation distance between paired distributions."""
+    return sum(0.5 * (x - y).abs().sum().item() for x, y in zip(a, b)) / len(a)
+
+
 def distance(draws: list[list[int]], probs: list[torch.Tensor]) -> float:
     """Mean total-variation distance between drawn frequencies and probabilities."""
-    tv = [0.5 * (torch.bincount(torch.tensor(d), minlength=p.numel()).float() / len(d) - p).abs().sum().item()
-          for d, p in zip(draws, probs)]
-    return sum(tv) / len(tv)
-
-
-def distance_probs(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    return sum(0.5 * (x - y).abs().sum().item() for x, y in zip(a, b)) / len(a)
+    freqs = [torch.bincount(torch.tensor(d), minlength=p.numel()).float() / len(d) for d, p in zip(draws, probs)]
+    return distance_probs(freqs, probs)
 
 
 def main() -> None:
@@ -89,9 +93,7 @@ def main() -> None:
         print(f"{name:>4} engine:                     TV {distance([[s.token_ids[0] for s in g] for g in groups], probs):.3f}",
               flush=True)
     # how far apart the two numeric formats put the trainer's own probabilities at these positions
-    half = torch.autocast("cpu", torch.bfloat16, enabled=not bf16)
-    with torch.no_grad(), half:
-        other = [policy(torch.tensor([ids])).logits[0, -1].float().softmax(-1) for ids in prompts]
+    other = [next_token_probs(policy, ids, not bf16) for ids in prompts]
     print(f"the trainer in the other format at the same positions: TV {distance_probs(probs, other):.3f}")
 
 

@@ -44,6 +44,22 @@ def test_every_estimator_runs_a_step_and_exports_under(strategy, tmp_path):
             assert row["exported"] == ["model.safetensors"]
 
 
+def _one_step(strategy: str, tmp_path: Path, port_shift: int, estimator: str, *args: str) -> list[dict]:
+    """One RL step of one estimator overlay on 2 processes (its own port); every rank's record,
+    checked to have run without error under the strategy."""
+    launcher, overlay, strategy_class, world = LAUNCH[strategy]
+    launcher = [*launcher[:-1], str(int(launcher[-1]) + port_shift)]
+    command = [sys.executable, *launcher, "tests/composition_driver.py", str(tmp_path), estimator, "--", *overlay,
+               "--trainer.accelerator=cpu", *args]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [json.loads((tmp_path / f"rank{rank}.jsonl").read_text()) for rank in range(world)]
+    for row in rows:
+        assert "error" not in row, row["error"]
+        assert row["strategy"] == strategy_class and row["version"] == 1
+    return rows
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
 def test_ibpo_revision_rows_train_under(strategy, tmp_path):
@@ -51,17 +67,9 @@ def test_ibpo_revision_rows_train_under(strategy, tmp_path):
     tiny random model never repairs anything, so only the empty scoring passes run there. With the
     toy parity reward about half the repairs verify, a different number on each rank, and their
     rerooted rows go through the scorer's rank-matched passes and the loss."""
-    launcher, overlay, strategy_class, world = LAUNCH[strategy]
-    launcher = [*launcher[:-1], str(int(launcher[-1]) + 10)]  # its own port
-    command = [sys.executable, *launcher, "tests/composition_driver.py", str(tmp_path), "ibpo_revision", "--",
-               *overlay, "--trainer.accelerator=cpu", "--data.task=tests.helpers.ParityTask",
-               "--data.task.num_train=64"]
-    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    rows = [json.loads((tmp_path / f"rank{rank}.jsonl").read_text()) for rank in range(world)]
+    rows = _one_step(strategy, tmp_path, 10, "ibpo_revision", "--data.task=tests.helpers.ParityTask",
+                     "--data.task.num_train=64")
     for row in rows:
-        assert "error" not in row, row["error"]
-        assert row["strategy"] == strategy_class and row["version"] == 1
         assert row["estimator_metrics"]["ibpo/revision_rows"] > 0  # averaged over ranks
 
 
@@ -70,18 +78,10 @@ def test_ibpo_revision_rows_train_under(strategy, tmp_path):
 def test_credit_localisation_and_blame_only_ibpo_under(strategy, tmp_path):
     """``CreditLocalisation`` (its AUC included) on the chain task and IBPO with
     ``repaired_credit: blame``, on 2 processes: every rank logs the same rank-averaged metrics."""
-    launcher, overlay, strategy_class, world = LAUNCH[strategy]
-    launcher = [*launcher[:-1], str(int(launcher[-1]) + 20)]  # its own port
-    command = [sys.executable, *launcher, "tests/composition_driver.py", str(tmp_path), "ibpo", "--", *overlay,
-               "--trainer.accelerator=cpu", "--data.task=ibpo_lightning.tasks.ChainTask",
-               "--estimator.init_args.repaired_credit=blame",
-               "--trainer.callbacks+=ibpo_lightning.diagnostics.CreditLocalisation"]
-    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    rows = [json.loads((tmp_path / f"rank{rank}.jsonl").read_text()) for rank in range(world)]
+    rows = _one_step(strategy, tmp_path, 20, "ibpo", "--data.task=ibpo_lightning.tasks.ChainTask",
+                     "--estimator.init_args.repaired_credit=blame",
+                     "--trainer.callbacks+=ibpo_lightning.diagnostics.CreditLocalisation")
     for row in rows:
-        assert "error" not in row, row["error"]
-        assert row["strategy"] == strategy_class and row["version"] == 1
         assert row["credit"]["credit/rows_located"] > 0  # the tiny random model gets every chain wrong
         assert "ibpo/repaired_positive" in row["estimator_metrics"]
     assert rows[0]["credit"] == rows[1]["credit"]
