@@ -93,6 +93,12 @@ def finished(out: Path) -> bool:
     return (out / "done").exists() or ((out / "csv" / "metrics.csv").exists() and not any(out.parent.parent.glob("*/*/done")))
 
 
+def has_start_eval(root: Path) -> bool:
+    """Whether a finished run of the study already holds the held-out pass before training."""
+    return any(step == 0 for done in root.glob("*/*/done") for key in VAL
+               for step, _ in read_series(done.parent / "csv").get(key, []))
+
+
 def run(args) -> None:
     study = STUDIES[args.study]
     for seed in args.seeds:
@@ -112,9 +118,9 @@ def run(args) -> None:
                 cmd += ["--model.model", args.model]
             if args.lr is not None:
                 cmd += ["--model.optimizer.init_args.lr", str(args.lr)]
-            # the held-out pass before training is the same greedy decode of the same model in every
-            # run: only the first run of the study makes it; the report reuses its value
-            first = seed == args.seeds[0] and name == args.estimators[0]
+            # the held-out pass before training is the same decode of the same model in every run:
+            # only the study's first run makes it; the report reuses its value
+            first = not has_start_eval(args.root)
             cmd += study.overrides + overrides + [
                 "--trainer.num_sanity_val_steps", "-1" if first else "0",
                 "--trainer.val_check_interval", str(args.val_every or args.steps),
