@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).parents[1]
 OVERLAYS = sorted(p.stem for p in (ROOT / "configs/estimators").glob("*.yaml"))
@@ -85,3 +86,22 @@ def test_credit_localisation_and_blame_only_ibpo_under(strategy, tmp_path):
         assert row["credit"]["credit/rows_located"] > 0  # the tiny random model gets every chain wrong
         assert "ibpo/repaired_positive" in row["estimator_metrics"]
     assert rows[0]["credit"] == rows[1]["credit"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_lora_trains_adapters_and_exports_merged_weights_under(strategy, tmp_path):
+    """LoRA on 2 processes: one GRPO step moves the adapters, and ``HFExport`` (a gather under
+    FSDP2) writes merged weights under the base model's names, where only the adapted
+    projections differ from the initial model."""
+    from safetensors.torch import load_file
+
+    from ibpo_lightning.models import tiny_random_model
+
+    _one_step(strategy, tmp_path, 30, "grpo", "--model.lora.rank=4", "--model.optimizer.init_args.lr=1e-2",
+              "--data.task=tests.helpers.ParityTask")
+    exported = load_file(tmp_path / "grpo" / "export" / "model.safetensors")
+    initial = tiny_random_model()[0].state_dict()
+    assert exported and set(exported) <= set(initial)
+    moved = [name for name, tensor in exported.items() if not torch.equal(tensor, initial[name])]
+    assert moved and all(name.endswith("proj.weight") for name in moved), moved

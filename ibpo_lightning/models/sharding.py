@@ -29,7 +29,11 @@ def data_parallel_mesh(mesh):
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
-    """The repeated transformer blocks of a Hugging Face causal LM (``model.model.layers`` and kin)."""
+    """The repeated transformer blocks of a Hugging Face causal LM (``model.model.layers`` and kin),
+    inside a ``peft`` wrapper too."""
+    from ibpo_lightning.models.lora import base_model
+
+    model = base_model(model)
     for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
         module = model
         for part in path.split("."):
