@@ -93,10 +93,15 @@ def finished(out: Path) -> bool:
     return (out / "done").exists() or ((out / "csv" / "metrics.csv").exists() and not any(out.parent.parent.glob("*/*/done")))
 
 
+def start_values(runs) -> dict[str, float]:
+    """The held-out values before training (step 0) found in ``runs`` (logged series): the same
+    in every run of a study, made by its first run only."""
+    return {key: v for s in runs for key in VAL for step, v in s.get(key, []) if step == 0}
+
+
 def has_start_eval(root: Path) -> bool:
     """Whether a finished run of the study already holds the held-out pass before training."""
-    return any(step == 0 for done in root.glob("*/*/done") for key in VAL
-               for step, _ in read_series(done.parent / "csv").get(key, []))
+    return bool(start_values(read_series(done.parent / "csv") for done in root.glob("*/*/done")))
 
 
 def run(args) -> None:
@@ -180,8 +185,7 @@ def ms(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
 def report(args) -> None:
     runs = {(name, seed): read_series(run_dir(args.root, name, seed) / "csv") for name in args.estimators
             for seed in args.seeds if finished(run_dir(args.root, name, seed))}
-    # the held-out pass before training is the same in every run; the study's first run made it
-    before = {key: v for s in runs.values() for key in VAL for step, v in s.get(key, []) if step == 0}
+    before = start_values(runs.values())
     shown = [key for key in VAL if any(key in s for s in runs.values())]
     fig, axes = plt.subplots(2, 1 + len(shown), figsize=(5 * (1 + len(shown)), 7.5), squeeze=False)
     ax_r, ax_n = axes[0][0], axes[1][0]

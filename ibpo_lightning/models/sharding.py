@@ -14,6 +14,8 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
+from ibpo_lightning.models.lora import base_model
+
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -31,8 +33,6 @@ def data_parallel_mesh(mesh):
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
     """The repeated transformer blocks of a Hugging Face causal LM (``model.model.layers`` and kin),
     inside a ``peft`` wrapper too."""
-    from ibpo_lightning.models.lora import base_model
-
     model = base_model(model)
     for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
         module = model
