@@ -59,10 +59,14 @@ def two_samples_with_probes():
 
 def test_vineppo_step_advantages_golden():
     batch = batch_of(two_samples_with_probes())
-    adv, weights = VinePPO().assign(batch)
+    adv, weights = VinePPO(share_probes=False).assign(batch)
     # V0 = 1/3 (prompt probes); row 0: V1 = 2/3, R = 1; row 1: V1 = 1, R = 0
     assert adv[0, 2:6].tolist() == pytest.approx([1 / 3, 1 / 3, 1 / 3, 1 / 3])
     assert adv[1, 2:6].tolist() == pytest.approx([2 / 3, 2 / 3, -1.0, -1.0])
+    # both rows start 5, 6: one state, whose value pools the six probes (V1 = 5/6)
+    pooled, _ = VinePPO().assign(batch)
+    assert pooled[0, 2:6].tolist() == pytest.approx([1 / 2, 1 / 2, 1 / 6, 1 / 6])
+    assert pooled[1, 2:6].tolist() == pytest.approx([1 / 2, 1 / 2, -5 / 6, -5 / 6])
     assert torch.count_nonzero(adv[2:]) == 0 and torch.count_nonzero(weights[2:]) == 0  # probes: values only
     assert torch.equal(weights[:2], batch.response_mask[:2]) and torch.all(adv[:, :2] == 0)
 
@@ -71,12 +75,12 @@ def test_spo_group_mean_start_and_probability_mask_golden():
     trajs = two_samples_with_probes()
     trajs[0].logprobs = [-1.0, -0.01, -1.0, -0.05]  # p = 0.99 and 0.95: no gradient under rho = 0.9
     batch = batch_of(trajs)
-    adv, weights = SPO().assign(batch)
+    adv, weights = SPO(share_probes=False).assign(batch)
     # V0 = mean fresh reward = 0.5; row 0: [2/3 - 0.5, 1 - 2/3]; row 1: [1 - 0.5, 0 - 1]
     assert adv[0, 2:6].tolist() == pytest.approx([1 / 6, 0.0, 1 / 3, 0.0])
     assert weights[0, 2:6].tolist() == [1.0, 0.0, 1.0, 0.0]
     assert adv[1, 2:6].tolist() == pytest.approx([0.5, 0.5, -1.0, -1.0])
-    no_mask, _ = SPO(prob_threshold=None).assign(batch)
+    no_mask, _ = SPO(prob_threshold=None, share_probes=False).assign(batch)
     assert no_mask[0, 2:6].tolist() == pytest.approx([1 / 6, 1 / 6, 1 / 3, 1 / 3])
 
 
@@ -88,7 +92,7 @@ def test_uniform_rewards_and_probes_give_zero_advantage():
     assert torch.count_nonzero(SPO(prob_threshold=None).assign(batch_of(trajs[:2]))[0]) == 0  # no probes: R - mean
     # a uniform outcome with informative probes still credits steps (the method's point)
     trajs[3].reward = 1.0
-    adv, _ = VinePPO().assign(batch_of(trajs))
+    adv, _ = VinePPO(share_probes=False).assign(batch_of(trajs))
     assert adv[0, 2:6].tolist() == pytest.approx([1 / 3, 1 / 3, -1 / 3, -1 / 3])
 
 
@@ -138,11 +142,38 @@ def test_probe_caps_merge_steps():
     tok = FakeRollout().tokenizer
     assert VinePPO().boundaries(batch, rows, tok) == {0: (2, 4, 6), 1: (2,)}
     assert VinePPO(max_steps=1).boundaries(batch, rows, tok) == {0: (4,), 1: (2,)}
-    assert VinePPO(n_probes=2, max_probes=6).boundaries(batch, rows, tok) == {0: (2, 6), 1: (2,)}  # 3 boundaries
-    assert VinePPO(n_probes=2, max_probes=3).boundaries(batch, rows, tok) == {0: (), 1: ()}
+    own = dict(n_probes=2, share_probes=False)
+    assert VinePPO(**own, max_probes=6).boundaries(batch, rows, tok) == {0: (2, 6), 1: (2,)}  # 3 boundaries
+    assert VinePPO(**own, max_probes=3).boundaries(batch, rows, tok) == {0: (), 1: ()}
+    # shared: both rows start "x\n", so all four boundaries are 3 states, within a cap of 3 x 2 probes
+    assert VinePPO(n_probes=2, max_probes=6).boundaries(batch, rows, tok) == {0: (2, 4, 6), 1: (2,)}
+    assert VinePPO(n_probes=2, max_probes=4).boundaries(batch, rows, tok) == {0: (2, 6), 1: (2,)}
     rollout = FakeRollout({"probe": [[9]]})
     SPO(segment_tokens=3, n_probes=1).plan(batch, rollout, FakeTask())
     assert batch.trajectories[0].step_boundaries == (3, 6) and len(batch) == 2 + 2  # group mean: no prompt probes
+
+
+def test_samples_with_equal_prefixes_share_the_probes_of_that_state():
+    # group 0: "x\ny\nx" and "x\nok" agree up to their first boundary (2): one state, probed once
+    def plan(share):
+        batch = raw_batch([traj(0, 0.0, (5, 8, 7, 8, 5)), traj(0, 1.0, (5, 8, 9))])
+        rollout = FakeRollout({"probe": [[9], [10], [10]]})  # rewards 1, 0, 0 in turn
+        VinePPO(n_probes=3, share_probes=share).plan(batch, rollout, FakeTask())
+        return batch
+    batch = plan(True)
+    probes = batch.trajectories[2:]
+    assert sorted((t.parent, t.prefix_len) for t in probes) == [(-1, 0)] * 3 + [(0, 2)] * 3 + [(0, 4)] * 3
+    assert batch.stats["vineppo/probes"] == 9 and batch.stats["vineppo/shared_boundaries"] == pytest.approx(1 / 3)
+    adv, _ = VinePPO(n_probes=3).assign(batch.collate(0))
+    # V0 = V(x\n) = V(x\ny\n) = 1/3; row 1 reads the state row 0 probed: [V1 - V0 | R - V1]
+    assert adv[1, 2:5].tolist() == pytest.approx([0.0, 0.0, 2 / 3])
+    assert adv[0, 2:7].tolist() == pytest.approx([0.0, 0.0, 0.0, 0.0, -1 / 3])
+    own = plan(False)
+    assert own.stats["vineppo/probes"] == 12 and own.stats["vineppo/shared_boundaries"] == 0.0
+    assert sorted({(t.parent, t.prefix_len) for t in own.trajectories[2:]}) == [(-1, 0), (0, 2), (0, 4), (1, 2)]
+    # read without sharing, the shared plan leaves row 1's boundary unvalued: R - V0 on every token
+    adv_own, _ = VinePPO(n_probes=3, share_probes=False).assign(batch_of(batch.trajectories))
+    assert adv_own[1, 2:5].tolist() == pytest.approx([2 / 3] * 3)
 
 
 # -- plan with the real tiny engine -----------------------------------------------------------------

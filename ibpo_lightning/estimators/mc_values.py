@@ -12,14 +12,17 @@ with ``trained=False``, ``parent`` and ``prefix_len = b_k``, used for values onl
 SPO's switches: fixed-size segments (``segment_tokens``) instead of delimiter steps, and the
 probability mask M_t = 1[pi_old(y_t) < ``prob_threshold``] (only low-probability tokens get
 loss weight; with ``loss.aggregation: seq_mean_token_mean`` the loss of a sample is divided by
-sum_t M_t, as in the paper). Compute: K probes per boundary; ``max_steps`` keeps at most that
-many evenly spaced boundaries per sample (merged steps get the telescoped value difference) and
-``max_probes`` caps the boundary probes of one RL step by lowering that per-sample limit.
+sum_t M_t, as in the paper). Compute: K probes per boundary state; samples of one group whose
+responses agree up to a boundary are in the same state there and share its K probes
+(``share_probes``; off, every sample probes its own boundaries as separate estimates).
+``max_steps`` keeps at most that many evenly spaced boundaries per sample (merged steps get the
+telescoped value difference) and ``max_probes`` caps the probed states of one RL step (times K)
+by lowering that per-sample limit.
 
 Reconstructed (docs/estimators.md): VinePPO's V(s_0) from probes of the prompt and the caps;
 SPO's K, its segment length (600 tokens is the paper's SPO-tree length) and MC temperature
 (0.7, from the SRPO authors' re-implementation). Not built: SPO-tree and SPO's cutpoint-based
-segmentation; probes are not shared between samples with equal prefixes.
+segmentation.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import torch
 from ibpo_lightning.estimators.base import Estimator
 from ibpo_lightning.estimators.functional import value_differences
 from ibpo_lightning.estimators.segments import check_delimiter, continuation, segment, thin
-from ibpo_lightning.types import GenerationKind, Kind, RolloutBatch
+from ibpo_lightning.types import GenerationKind, Kind, RolloutBatch, Trajectory
 
 
 class VinePPO(Estimator):
@@ -46,6 +49,7 @@ class VinePPO(Estimator):
         max_steps: at most this many boundaries per sample, evenly spaced (None = all).
         max_probes: cap on boundary probes per RL step (None = no cap); prompt probes not included.
         probe_temperature: sampling temperature of the probes (None = the rollout's).
+        share_probes: samples of a group with equal prefixes share the probes of that state.
     """
 
     name = "vineppo"
@@ -53,7 +57,7 @@ class VinePPO(Estimator):
     def __init__(self, n_probes: int = 9, delimiter: str = "\n", segment_tokens: int | None = None,
                  initial_value: Literal["probes", "group_mean"] = "probes", prob_threshold: float | None = None,
                  max_steps: int | None = None, max_probes: int | None = None,
-                 probe_temperature: float | None = None) -> None:
+                 probe_temperature: float | None = None, share_probes: bool = True) -> None:
         if n_probes < 1:
             raise ValueError(f"estimator.n_probes must be >= 1, got {n_probes}")
         if segment_tokens is None and not delimiter:
@@ -70,7 +74,20 @@ class VinePPO(Estimator):
         self.n_probes, self.delimiter, self.segment_tokens = n_probes, delimiter, segment_tokens
         self.initial_value, self.prob_threshold = initial_value, prob_threshold
         self.max_steps, self.max_probes, self.probe_temperature = max_steps, max_probes, probe_temperature
+        self.share_probes = share_probes
         self.group_relative = initial_value == "group_mean"
+
+    def state(self, t: Trajectory, row: int, cut: int) -> tuple:
+        """The state after ``cut`` response tokens of ``t`` (row ``row``) whose value probes estimate."""
+        return (t.group, tuple(t.response_ids[:cut])) if self.share_probes else (row, cut)
+
+    def states(self, trajs: list[Trajectory], cuts: dict[int, tuple[int, ...]]) -> dict[tuple, tuple[int, int]]:
+        """Each distinct probed state, with the first (row, cut) that reaches it."""
+        first: dict[tuple, tuple[int, int]] = {}
+        for i, bs in cuts.items():
+            for b in bs:
+                first.setdefault(self.state(trajs[i], i, b), (i, b))
+        return first
 
     def boundaries(self, batch: RolloutBatch, rows: list[int], tokenizer) -> dict[int, tuple[int, ...]]:
         """Probed boundaries of each row, within ``max_steps`` and ``max_probes``."""
@@ -79,7 +96,7 @@ class VinePPO(Estimator):
                         self.max_steps) for i in rows}
         if self.max_probes is not None:
             budget, keep = self.max_probes // self.n_probes, max((len(c) for c in cuts.values()), default=0)
-            while keep > 0 and sum(min(len(c), keep) for c in cuts.values()) > budget:
+            while keep > 0 and len(self.states(trajs, {i: thin(c, keep) for i, c in cuts.items()})) > budget:
                 keep -= 1
             cuts = {i: thin(c, keep) for i, c in cuts.items()}
         return cuts
@@ -88,7 +105,8 @@ class VinePPO(Estimator):
         trajs, tok = batch.trajectories, sampler.tokenizer
         rows = batch.rows(lambda t: t.kind == Kind.FRESH and t.trained)
         cuts = self.boundaries(batch, rows, tok)
-        items = [(i, b, i) for i in rows for b in cuts[i]]  # (source row, prefix length, parent)
+        items = [(i, b, i) for i, b in self.states(trajs, cuts).values()]  # (source row, prefix length, parent)
+        cut_count, probed = sum(len(c) for c in cuts.values()), len(items)
         if self.initial_value == "probes":
             items += [(g[0], 0, -1) for g in batch.groups_of(rows)]
         for i in rows:
@@ -103,16 +121,17 @@ class VinePPO(Estimator):
         batch.add_scored(probes, task)
         batch.stats[f"{self.name}/probes"] = float(len(probes))
         batch.stats[f"{self.name}/steps"] = sum(len(c) + 1 for c in cuts.values()) / max(len(cuts), 1)
+        batch.stats[f"{self.name}/shared_boundaries"] = (cut_count - probed) / max(cut_count, 1)
 
     def assign(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
         weights, trajs = self.trained_mask(batch), batch.trajectories
         start: dict[int, list[float]] = {}
-        after: dict[tuple[int, int], list[float]] = {}
+        after: dict[tuple, list[float]] = {}
         for t in trajs:
             if t.kind == Kind.PROBE and t.parent < 0:
                 start.setdefault(t.group, []).append(t.reward)
             elif t.kind == Kind.PROBE:
-                after.setdefault((t.parent, t.prefix_len), []).append(t.reward)
+                after.setdefault(self.state(t, t.parent, t.prefix_len), []).append(t.reward)
         rows = self.trained_rows(batch).nonzero().flatten().tolist()
         group_rewards: dict[int, list[float]] = {}
         for i in rows:
@@ -123,8 +142,8 @@ class VinePPO(Estimator):
             if self.initial_value == "probes" and t.group not in start:
                 raise ValueError(f"group {t.group} has no probes of its prompt: was {self.name}.plan run?")
             v0 = _mean(start[t.group] if self.initial_value == "probes" else group_rewards[t.group])
-            bounds = tuple(b for b in t.step_boundaries if (i, b) in after)
-            values = [v0, *(_mean(after[(i, b)]) for b in bounds), t.reward]
+            bounds = tuple(b for b in t.step_boundaries if self.state(t, i, b) in after)
+            values = [v0, *(_mean(after[self.state(t, i, b)]) for b in bounds), t.reward]
             adv[i, batch.response_slice(i)] = value_differences(values, bounds, len(t.response_ids)).to(adv)
         if self.prob_threshold is not None:
             weights = weights * (batch.engine_logprobs.exp() < self.prob_threshold)
@@ -143,6 +162,7 @@ class SPO(VinePPO):
         max_steps: at most this many boundaries per sample, evenly spaced (None = all).
         max_probes: cap on boundary probes per RL step (None = no cap).
         probe_temperature: sampling temperature of the probes (0.7).
+        share_probes: samples of a group with equal prefixes share the probes of that state.
     """
 
     name = "spo"
@@ -150,9 +170,9 @@ class SPO(VinePPO):
     def __init__(self, n_probes: int = 4, delimiter: str = "\n", segment_tokens: int | None = 600,
                  initial_value: Literal["probes", "group_mean"] = "group_mean", prob_threshold: float | None = 0.9,
                  max_steps: int | None = None, max_probes: int | None = None,
-                 probe_temperature: float | None = 0.7) -> None:
+                 probe_temperature: float | None = 0.7, share_probes: bool = True) -> None:
         super().__init__(n_probes, delimiter, segment_tokens, initial_value, prob_threshold, max_steps, max_probes,
-                         probe_temperature)
+                         probe_temperature, share_probes)
 
 
 def _mean(values: list[float]) -> float:
