@@ -142,8 +142,9 @@ class VinePPO(Estimator):
             if self.initial_value == "probes" and t.group not in start:
                 raise ValueError(f"group {t.group} has no probes of its prompt: was {self.name}.plan run?")
             v0 = _mean(start[t.group] if self.initial_value == "probes" else group_rewards[t.group])
-            bounds = tuple(b for b in t.step_boundaries if self.state(t, i, b) in after)
-            values = [v0, *(_mean(after[self.state(t, i, b)]) for b in bounds), t.reward]
+            valued = [(b, after[key]) for b in t.step_boundaries if (key := self.state(t, i, b)) in after]
+            bounds = tuple(b for b, _ in valued)
+            values = [v0, *(_mean(rewards) for _, rewards in valued), t.reward]
             adv[i, batch.response_slice(i)] = value_differences(values, bounds, len(t.response_ids)).to(adv)
         if self.prob_threshold is not None:
             weights = weights * (batch.engine_logprobs.exp() < self.prob_threshold)
