@@ -9,12 +9,15 @@ Each run is ``ibpo fit -c <study config> [-c configs/estimators/<name>.yaml]`` i
 CSV logs under ``<root>/<estimator>/seed<k>``, with the per-group gradient noise logged every
 ``--noise-every`` steps (``model.grad_noise_every``). A finished run leaves a ``done`` file and a
 rerun skips it, so a long study can be stopped and continued at any point (an interrupted run
-starts over). ``report`` reads those logs.
+starts over). A study from a model directory records its weights' sha256 in
+``<root>/start_model.sha256`` at its first run and refuses to go on from other weights.
+``report`` reads those logs.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import statistics
 import subprocess
@@ -93,6 +96,41 @@ def finished(out: Path) -> bool:
     return (out / "done").exists() or ((out / "csv" / "metrics.csv").exists() and not any(out.parent.parent.glob("*/*/done")))
 
 
+def weight_digests(model: str) -> list[str]:
+    """``sha256sum`` lines (digest, two spaces, file name) of a local model directory's weight
+    files, in name order; empty for a model that is not a local directory (a built-in name)."""
+    path = Path(model)
+    files = sorted([*path.glob("*.safetensors"), *path.glob("*.bin")]) if path.is_dir() else []
+    lines = []
+    for f in files:
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+        lines.append(f"{h.hexdigest()}  {f.name}")
+    return lines
+
+
+def check_start_model(root: Path, model: str) -> None:
+    """Every run of a study starts from the same weights. The first run records them in
+    ``<root>/start_model.sha256`` (``sha256sum -c`` reads it inside the model directory); a run
+    from other weights stops before training, naming both."""
+    digests = weight_digests(model)
+    if not digests:
+        return
+    record = root / "start_model.sha256"
+    if not record.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        record.write_text("\n".join(digests) + "\n")
+        return
+    known = record.read_text().split("\n")
+    if [line for line in known if line.strip()] != digests:
+        sys.exit(f"--model {model} is not the model this study started from:\n  {record}:\n    "
+                 + "\n    ".join(line for line in known if line.strip()) + f"\n  {model}:\n    "
+                 + "\n    ".join(digests) + "\nfinished runs would no longer be comparable; pass the "
+                 "study's starting model, or a new --root")
+
+
 def start_values(runs) -> dict[str, float]:
     """The held-out values before training (step 0) found in ``runs`` (logged series): the same
     in every run of a study, made by its first run only."""
@@ -106,6 +144,8 @@ def has_start_eval(root: Path) -> bool:
 
 def run(args) -> None:
     study = STUDIES[args.study]
+    if study.needs_model:
+        check_start_model(args.root, args.model)
     for seed in args.seeds:
         for name in args.estimators:
             out = run_dir(args.root, name, seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.util
 import json
 import subprocess
@@ -65,6 +66,27 @@ def test_study_rejects_an_estimator_the_study_does_not_have(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "study.py"), "report", "--study", "chain",
                              "--root", str(tmp_path), "--estimators", "acpo"], capture_output=True, text=True)
     assert result.returncode == 2 and "the chain study has" in result.stderr
+
+
+def test_study_goes_on_only_from_the_weights_it_started_from(tmp_path, monkeypatch):
+    study = _script("study")
+    model, root = tmp_path / "model", tmp_path / "study"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights A")
+    (model / "config.json").write_text("{}")  # not weights: not recorded
+    first, second = hashlib.sha256(b"weights A").hexdigest(), hashlib.sha256(b"weights B").hexdigest()
+    study.check_start_model(root, str(model))
+    assert (root / "start_model.sha256").read_text() == f"{first}  model.safetensors\n"  # sha256sum's format
+    study.check_start_model(root, str(model))  # the same weights: goes on
+    study.check_start_model(root, "smollm2-135m-instruct")  # a built-in name: nothing to compare
+    (model / "model.safetensors").write_bytes(b"weights B")
+    monkeypatch.setattr(study.subprocess, "run", lambda *a, **k: pytest.fail("a run started"))
+    monkeypatch.setattr(sys, "argv", ["study.py", "run", "--study", "chain", "--root", str(root),
+                                      "--model", str(model), "--seeds", "0", "--estimators", "grpo"])
+    with pytest.raises(SystemExit) as stop:
+        study.main()
+    assert first in str(stop.value) and second in str(stop.value)
+    assert "not the model this study started from" in str(stop.value)
 
 
 def test_localisation_table_from_credit_records(tmp_path):
