@@ -103,11 +103,8 @@ def weight_digests(model: str) -> list[str]:
     files = sorted([*path.glob("*.safetensors"), *path.glob("*.bin")]) if path.is_dir() else []
     lines = []
     for f in files:
-        h = hashlib.sha256()
         with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                h.update(chunk)
-        lines.append(f"{h.hexdigest()}  {f.name}")
+            lines.append(f"{hashlib.file_digest(fh, 'sha256').hexdigest()}  {f.name}")
     return lines
 
 
@@ -123,10 +120,10 @@ def check_start_model(root: Path, model: str) -> None:
         root.mkdir(parents=True, exist_ok=True)
         record.write_text("\n".join(digests) + "\n")
         return
-    known = record.read_text().split("\n")
-    if [line for line in known if line.strip()] != digests:
+    known = [line for line in record.read_text().splitlines() if line.strip()]
+    if known != digests:
         sys.exit(f"--model {model} is not the model this study started from:\n  {record}:\n    "
-                 + "\n    ".join(line for line in known if line.strip()) + f"\n  {model}:\n    "
+                 + "\n    ".join(known) + f"\n  {model}:\n    "
                  + "\n    ".join(digests) + "\nfinished runs would no longer be comparable; pass the "
                  "study's starting model, or a new --root")
 
