@@ -145,6 +145,23 @@ def test_incomplete_entry_is_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert materialize("half", build) == final and BUILDS["half"] == builds  # now a cache hit
 
 
+def test_a_build_leaves_the_global_rng_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A seeded run draws the same numbers whether or not it had to fill the cache first."""
+    import torch
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+
+    def build(dest: Path) -> None:
+        torch.nn.Linear(64, 64)  # random initialisation, as a model build does
+        (dest / "config.json").write_text("{}")
+
+    torch.manual_seed(7)
+    expected = torch.rand(4)  # no build in between
+    torch.manual_seed(7)
+    materialize("draws", build)
+    assert BUILDS["draws"] == 1 and torch.equal(torch.rand(4), expected)
+
+
 @pytest.mark.slow
 def test_two_processes_load_tiny_random_llama(tmp_path: Path) -> None:
     """Two ranks of a distributed run start on an empty cache: one builds, both load it."""

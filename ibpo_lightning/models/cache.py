@@ -85,11 +85,17 @@ def _remove(path: Path) -> None:
 def _run_build(name: str, build: Callable[[Path], None], tmp: Path) -> None:
     """``build(tmp)``, in a fresh process when this one is a rank of an initialised process group:
     transformers' ``save_pretrained`` writes only on global rank 0 there, so a build on another
-    rank (whichever takes the lock first) would leave an entry without weights or config."""
+    rank (whichever takes the lock first) would leave an entry without weights or config.
+
+    An in-process build runs inside a forked torch RNG: building a model initialises weights
+    from the global generator, and a seeded run that happens to fill the cache must draw the
+    same numbers as the same run on a warm cache (it did not: the first SFT run on a fresh
+    machine trained a different model from the same seed)."""
     import torch
 
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        build(tmp)
+        with torch.random.fork_rng(devices=[]):
+            build(tmp)
         return
     child = multiprocessing.get_context("spawn").Process(target=build, args=(tmp,), name=f"build-{name}")
     child.start()
