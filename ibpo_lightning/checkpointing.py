@@ -1,4 +1,5 @@
-"""Checkpoints that keep runs apart: one saved when a run is interrupted, and finding the last one.
+"""Checkpoints that keep runs apart and survive a kill: one saved when a run is interrupted,
+sharded checkpoints written whole or not at all, and finding the last one.
 
 Lightning's ``OnExceptionCheckpoint`` makes every later ``fit`` in the same directory silently
 resume from ``last`` (Lightning treats its presence as a request to resume), so a second run
@@ -6,15 +7,64 @@ trains nothing. :class:`InterruptCheckpoint` saves the same state without that s
 to the run's own periodic checkpoints (which Lightning puts under the logger's versioned
 directory when ``ModelCheckpoint`` has no ``dirpath``). A run resumes only when asked:
 ``--ckpt_path last`` picks the newest checkpoint under ``trainer.default_root_dir``, or a path.
+
+Lightning's ``ModelParallelStrategy`` (FSDP2) rewrites a sharded checkpoint's files in place, so a
+``kill -9`` during the save of ``last.ckpt`` leaves torn shards that no resume can read (measured:
+``EOFError`` on loading). :class:`AtomicModelParallelStrategy` writes to ``<name>.partial`` and
+swaps it in only once every rank has written; a kill between the two renames of the swap leaves
+the previous checkpoint complete as ``<name>.old``, which :func:`find_last` then returns.
 """
 
 from __future__ import annotations
 
+import shutil
+import warnings
 from pathlib import Path
 
 from lightning.pytorch import Callback
+from lightning.pytorch.strategies import ModelParallelStrategy
 
 CHECKPOINT_NAMES = ("last.ckpt", "interrupted.ckpt")
+PARTIAL, OLD = ".partial", ".old"
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def swap_in(written: Path, path: Path) -> None:
+    """Put the complete checkpoint ``written`` at ``path``; the one there before (a file or a
+    directory) is kept as ``<path>.old`` until the new one is in place, then removed."""
+    old = path.with_name(path.name + OLD)
+    _remove(old)
+    if path.exists() or path.is_symlink():
+        path.rename(old)
+    written.rename(path)
+    _remove(old)
+
+
+class AtomicModelParallelStrategy(ModelParallelStrategy):
+    """Lightning's ``ModelParallelStrategy`` (FSDP2) whose sharded checkpoints are written whole or
+    not at all: every rank writes its shards to ``<path>.partial``, and rank 0 swaps that in for
+    ``path`` (:func:`swap_in`) after a barrier. Same arguments; single-file saves
+    (``save_distributed_checkpoint: false``) are Lightning's own, which are already atomic."""
+
+    def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
+        if not self._save_distributed_checkpoint:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        path = Path(self.broadcast(str(filepath)))
+        partial = path.with_name(path.name + PARTIAL)
+        if self.global_rank == 0:
+            _remove(partial)  # a save killed earlier
+        self.barrier("checkpoint-clear")
+        super().save_checkpoint(checkpoint, partial, storage_options)
+        self.barrier("checkpoint-written")
+        if self.global_rank == 0:
+            swap_in(partial, path)
+        self.barrier("checkpoint-swapped")
 
 
 class InterruptCheckpoint(Callback):
@@ -48,6 +98,21 @@ class InterruptCheckpoint(Callback):
 
 def find_last(root: str | Path) -> Path | None:
     """The most recently written checkpoint of any run under ``root`` (files or sharded directories
-    named ``last.ckpt`` or ``interrupted.ckpt``), or None."""
-    found = [p for name in CHECKPOINT_NAMES for p in Path(root).rglob(name)]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+    named ``last.ckpt`` or ``interrupted.ckpt``; ``<name>.old`` where a kill during
+    :func:`swap_in` left only that), or None. Never a ``.partial`` save."""
+    found: dict[Path, Path] = {}
+    for name in CHECKPOINT_NAMES:
+        found.update({p: p for p in Path(root).rglob(name)})
+        for old in Path(root).rglob(name + OLD):
+            found.setdefault(old.with_name(name), old)
+    return max(found.values(), key=lambda p: p.stat().st_mtime) if found else None
+
+
+def warn_if_tearable(trainer) -> None:
+    """Warn when the run saves sharded checkpoints that a kill during the save would tear."""
+    strategy = trainer.strategy
+    if (type(strategy) is ModelParallelStrategy and strategy._save_distributed_checkpoint
+            and trainer.checkpoint_callbacks):
+        warnings.warn("ModelParallelStrategy rewrites a sharded checkpoint in place: a kill during a save "
+                      "leaves it unreadable. Use ibpo_lightning.checkpointing.AtomicModelParallelStrategy "
+                      "(same arguments; configs/strategies/fsdp2.yaml does)", stacklevel=2)

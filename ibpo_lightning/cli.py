@@ -18,7 +18,7 @@ import warnings
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from ibpo_lightning.checkpointing import find_last
+from ibpo_lightning.checkpointing import find_last, warn_if_tearable
 from ibpo_lightning.data import RLDataModule
 from ibpo_lightning.estimators import Estimator
 from ibpo_lightning.module import PolicyModule
@@ -42,6 +42,7 @@ class SFTCLI(LightningCLI):
         parser.add_lightning_class_args(RolloutCallback, "rollout")
 
     def before_fit(self) -> None:
+        warn_if_tearable(self.trainer)
         config = self.config_init[self.subcommand]
         if config.get("ckpt_path") == "last":
             last = find_last(self.trainer.default_root_dir)

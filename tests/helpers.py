@@ -129,6 +129,30 @@ class SigtermAt(Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+class KillInsideSave(Callback):
+    """SIGKILLs the run's whole process group inside the checkpoint save that follows training step
+    ``step``: once ``torch.distributed.checkpoint.save`` has written the shards (the first rank
+    back kills every rank), before the save returns. Run it in its own session."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx + 1 != self.step:  # ModelCheckpoint, always the last callback, saves next
+            return
+        import signal
+
+        import torch.distributed.checkpoint as dcp
+
+        real = dcp.save
+
+        def save_then_die(*args, **kwargs):
+            real(*args, **kwargs)
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+
+        dcp.save = save_then_die
+
+
 class WeightsAtStart(Callback):
     """Writes a checksum of the policy's weights when training starts (before any update) to a file."""
 

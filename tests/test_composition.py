@@ -22,7 +22,7 @@ LAUNCH = {
     "ddp": (["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29631"],
             ["-c", "configs/strategies/ddp.yaml"], "DDPStrategy", 2),
     "fsdp2": (["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29632"],
-              ["-c", "configs/strategies/fsdp2.yaml"], "ModelParallelStrategy", 2),
+              ["-c", "configs/strategies/fsdp2.yaml"], "AtomicModelParallelStrategy", 2),
 }
 
 

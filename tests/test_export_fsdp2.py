@@ -53,7 +53,7 @@ estimator:
   class_path: ibpo_lightning.estimators.GRPO
 """
 
-FSDP2 = ["--trainer.strategy", "lightning.pytorch.strategies.ModelParallelStrategy",
+FSDP2 = ["--trainer.strategy", "ibpo_lightning.checkpointing.AtomicModelParallelStrategy",
          "--trainer.strategy.data_parallel_size", "2", "--trainer.strategy.tensor_parallel_size", "1",
          "--trainer.devices", "2"]
 

@@ -27,7 +27,7 @@ trainer:
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
       init_args: {{dirpath: {root}/checkpoints, save_last: true, save_top_k: 0, every_n_train_steps: 1}}
     - class_path: tests.helpers.BatchRecorder
-      init_args: {{path: {root}/steps.jsonl}}
+      init_args: {{path: {root}/steps.jsonl}}{more_callbacks}
 model:
   optimizer: {{class_path: torch.optim.AdamW, init_args: {{lr: 1.0e-3, weight_decay: 0.0}}}}
 data:
@@ -39,9 +39,9 @@ data:
 """
 
 
-def _command(root: Path, *extra: str) -> list[str]:
+def _command(root: Path, *extra: str, more_callbacks: str = "") -> list[str]:
     overlay = root / "overlay.yaml"
-    overlay.write_text(OVERLAY.format(root=root, steps=STEPS))
+    overlay.write_text(OVERLAY.format(root=root, steps=STEPS, more_callbacks=more_callbacks))
     return [sys.executable, "-m", "ibpo_lightning.cli", "fit", "-c", "configs/tiny.yaml", "-c", str(overlay),
             f"--trainer.default_root_dir={root}", *extra]
 
@@ -68,22 +68,15 @@ def _kill_after(root: Path, finished_steps: int, *extra: str) -> None:
     assert len(_records(root)) < STEPS, "the run finished before it could be killed"
 
 
-FSDP2 = ["-c", "configs/strategies/fsdp2.yaml", "--trainer.accelerator", "cpu"]
-GRPO = ["--estimator", "ibpo_lightning.estimators.GRPO"]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("setting", ["grpo", "rrpo", "grpo-fsdp2"])
-def test_kill_and_resume_repeats_the_uninterrupted_run(tmp_path, setting):
-    est = {"grpo": GRPO, "rrpo": ["-c", "configs/estimators/rrpo.yaml"], "grpo-fsdp2": GRPO + FSDP2}[setting]
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    whole.mkdir(), killed.mkdir()
-    _run(whole, *est)
-    reference = {r["version"]: r for r in _records(whole)}
+def _reference(root: Path, *extra: str) -> dict[int, dict]:
+    _run(root, *extra)
+    reference = {r["version"]: r for r in _records(root)}
     assert sorted(reference) == list(range(STEPS))
     assert min(r["grad_norm"] for r in reference.values()) > 0, "no gradient: nothing to compare"
+    return reference
 
-    _kill_after(killed, 3, *est)
+
+def _assert_resume_repeats(killed: Path, reference: dict[int, dict], *est: str) -> None:
     before = _records(killed)
     _run(killed, *est, "--ckpt_path", "last")
     after = _records(killed)[len(before):]
@@ -98,3 +91,39 @@ def test_kill_and_resume_repeats_the_uninterrupted_run(tmp_path, setting):
         assert got["loss"] == pytest.approx(want["loss"], abs=1e-7)
         assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-5)
         assert got["weights"] == pytest.approx(want["weights"], rel=1e-9)
+
+
+FSDP2 = ["-c", "configs/strategies/fsdp2.yaml", "--trainer.accelerator", "cpu"]
+GRPO = ["--estimator", "ibpo_lightning.estimators.GRPO"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", ["grpo", "rrpo", "grpo-fsdp2"])
+def test_kill_and_resume_repeats_the_uninterrupted_run(tmp_path, setting):
+    est = {"grpo": GRPO, "rrpo": ["-c", "configs/estimators/rrpo.yaml"], "grpo-fsdp2": GRPO + FSDP2}[setting]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    whole.mkdir(), killed.mkdir()
+    reference = _reference(whole, *est)
+    _kill_after(killed, 3, *est)
+    _assert_resume_repeats(killed, reference, *est)
+
+
+@pytest.mark.slow
+def test_a_kill_inside_a_sharded_save_resumes_from_the_checkpoint_before(tmp_path):
+    """FSDP2 ranks killed once the shards of step 3's checkpoint are on disk, before the save
+    returns: Lightning's ModelParallelStrategy, rewriting ``last.ckpt`` in place, leaves step 3's
+    shards under step 2's metadata there; the atomic strategy of configs/strategies/fsdp2.yaml
+    leaves step 2's checkpoint whole, and the resume repeats steps 2 to 5 exactly."""
+    est = GRPO + FSDP2
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    whole.mkdir(), killed.mkdir()
+    reference = _reference(whole, *est)
+    kill = "\n    - class_path: tests.helpers.KillInsideSave\n      init_args: {step: 3}"
+    proc = subprocess.run(_command(killed, *est, more_callbacks=kill), cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, start_new_session=True)  # its own process group: the kill's target
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert len(_records(killed)) == 3
+    checkpoints = killed / "checkpoints"
+    assert (checkpoints / "last.ckpt.partial").is_dir(), "the kill did not land inside the save"
+    _assert_resume_repeats(killed, reference, *est)
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ibpo_lightning.checkpointing import find_last
+from ibpo_lightning.checkpointing import find_last, swap_in
 from ibpo_lightning.cli import run_cli
 from ibpo_lightning.estimators import GRPO
 from ibpo_lightning.rollout import HFEngine, RolloutCallback
@@ -138,3 +138,30 @@ def test_two_ranks_on_an_empty_model_cache(tmp_path):
     built = tmp_path / "cache" / "tiny-random-llama"
     assert (built / "config.json").is_file() and (built / "model.safetensors").is_file()
     assert not [p for p in (tmp_path / "cache").iterdir() if ".partial-" in p.name]
+
+
+def _sharded(path: Path, content: str) -> Path:
+    path.mkdir(parents=True)
+    (path / "__0_0.distcp").write_text(content)
+    return path
+
+
+def test_swap_in_replaces_a_checkpoint_and_keeps_nothing_else(tmp_path):
+    last = _sharded(tmp_path / "last.ckpt", "step 2")
+    swap_in(_sharded(tmp_path / "last.ckpt.partial", "step 3"), last)
+    assert (last / "__0_0.distcp").read_text() == "step 3"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    (tmp_path / "x.ckpt").write_text("a file")  # a single-file checkpoint replaced by a directory
+    swap_in(_sharded(tmp_path / "x.ckpt.partial", "sharded"), tmp_path / "x.ckpt")
+    assert (tmp_path / "x.ckpt" / "__0_0.distcp").read_text() == "sharded"
+
+
+def test_find_last_takes_the_old_checkpoint_only_where_a_swap_was_cut_short(tmp_path):
+    run = tmp_path / "csv/version_0/checkpoints"
+    _sharded(run / "last.ckpt.partial", "step 3, perhaps torn")
+    assert find_last(tmp_path) is None, "a .partial save is never resumed from"
+    old = _sharded(run / "last.ckpt.old", "step 2")  # killed between the swap's two renames
+    assert find_last(tmp_path) == old
+    last = _sharded(run / "last.ckpt", "step 3")  # killed while the old one was being removed
+    os.utime(old, (last.stat().st_mtime + 60,) * 2)  # removing files from it touches it after the new one
+    assert find_last(tmp_path) == last
