@@ -17,33 +17,27 @@ the previous checkpoint complete as ``<name>.old``, which :func:`find_last` then
 
 from __future__ import annotations
 
-import shutil
 import warnings
 from pathlib import Path
 
 from lightning.pytorch import Callback
 from lightning.pytorch.strategies import ModelParallelStrategy
 
+from ibpo_lightning.models.cache import remove_path
+
 CHECKPOINT_NAMES = ("last.ckpt", "interrupted.ckpt")
 PARTIAL, OLD = ".partial", ".old"
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
 
 
 def swap_in(written: Path, path: Path) -> None:
     """Put the complete checkpoint ``written`` at ``path``; the one there before (a file or a
     directory) is kept as ``<path>.old`` until the new one is in place, then removed."""
     old = path.with_name(path.name + OLD)
-    _remove(old)
+    remove_path(old)
     if path.exists() or path.is_symlink():
         path.rename(old)
     written.rename(path)
-    _remove(old)
+    remove_path(old)
 
 
 class AtomicModelParallelStrategy(ModelParallelStrategy):
@@ -55,10 +49,11 @@ class AtomicModelParallelStrategy(ModelParallelStrategy):
     def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
         if not self._save_distributed_checkpoint:
             return super().save_checkpoint(checkpoint, filepath, storage_options)
-        path = Path(self.broadcast(str(filepath)))
+        # only process 0's path is used: Lightning's save broadcasts it, and process 0 swaps
+        path = Path(filepath)
         partial = path.with_name(path.name + PARTIAL)
         if self.global_rank == 0:
-            _remove(partial)  # a save killed earlier
+            remove_path(partial)  # a save killed earlier
         self.barrier("checkpoint-clear")
         super().save_checkpoint(checkpoint, partial, storage_options)
         self.barrier("checkpoint-written")
@@ -100,12 +95,11 @@ def find_last(root: str | Path) -> Path | None:
     """The most recently written checkpoint of any run under ``root`` (files or sharded directories
     named ``last.ckpt`` or ``interrupted.ckpt``; ``<name>.old`` where a kill during
     :func:`swap_in` left only that), or None. Never a ``.partial`` save."""
-    found: dict[Path, Path] = {}
+    found = []
     for name in CHECKPOINT_NAMES:
-        found.update({p: p for p in Path(root).rglob(name)})
-        for old in Path(root).rglob(name + OLD):
-            found.setdefault(old.with_name(name), old)
-    return max(found.values(), key=lambda p: p.stat().st_mtime) if found else None
+        found += Path(root).rglob(name)
+        found += [old for old in Path(root).rglob(name + OLD) if not old.with_name(name).exists()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
 def warn_if_tearable(trainer) -> None:

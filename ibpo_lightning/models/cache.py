@@ -75,11 +75,12 @@ def _locked(name: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
+    """Remove a file, a link or a directory tree at ``path``, if there is one."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     else:
-        path.unlink()
+        path.unlink(missing_ok=True)
 
 
 def _run_build(name: str, build: Callable[[Path], None], tmp: Path) -> None:
@@ -127,7 +128,7 @@ def materialize(name: str, build: Callable[[Path], None]) -> Path:
         if final.exists() or final.is_symlink():
             _log.warning("removing incomplete cache entry %s (no %s) to rebuild it",
                          final, _COMPLETE_MARKER)
-            _remove(final)
+            remove_path(final)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=final.parent))
         try:
             _run_build(name, build, tmp)
