@@ -1,39 +1,28 @@
-"""The ``LightningModule``: the policy, a frozen reference where something needs one, and the update.
+"""The ``LightningModule``: the policy, a frozen reference where something needs one, and the RL step.
 
-One ``training_step`` is one RL step on a batch the data stream sampled and planned: check the
-batch was sampled by the current policy, fill the reference log-probs if the loss or the
-estimator needs them, let the estimator score (``prepare``) and assign credit, then run the
-policy update (``training.update``: PPO epochs x mini-batches of whole groups, manual
-optimization, non-finite updates skipped). Every forward pass goes through one
-:class:`~ibpo_lightning.training.scorer.Scorer`, which makes it safe under every strategy.
+One ``training_step`` is one RL step: the data module hands it this step's problems, and
+:class:`~ibpo_lightning.step.RLStep` samples, scores, credits and updates, top to bottom
+(``step.py``). The module logs what the step returns and passes the batch on to the callbacks
+(``outputs["rollout"]`` in ``on_train_batch_end``). Models, the optimizer, clipping and checkpoint
+state come from the policy host (``host.py``), shared with supervised fine-tuning.
 """
 
 from __future__ import annotations
 
-import time
-
 import torch
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
-from lightning.pytorch.strategies import FSDPStrategy
 
-from ibpo_lightning.diagnostics import group_gradient_noise
-from ibpo_lightning.evaluation import EvalConfig, HeldoutEvaluation
+from ibpo_lightning.evaluation import EvalConfig
+from ibpo_lightning.host import PolicyHost
 from ibpo_lightning.losses import PolicyLoss
-from ibpo_lightning.models.lora import LoraConfig, base_model
-from ibpo_lightning.models.policy import build_models
+from ibpo_lightning.models.lora import LoraConfig
 from ibpo_lightning.precision import compute_dtype
-from ibpo_lightning.rng import rng_states, set_rng_states
-from ibpo_lightning.tasks.base import Task
-from ibpo_lightning.training import DataParallel, PolicyUpdate, Scorer, batch_metrics, with_warmup
-from ibpo_lightning.types import RolloutBatch
+from ibpo_lightning.step import RLStep
+from ibpo_lightning.tasks.base import Problem, Task
+from ibpo_lightning.training import PolicyUpdate
 
 
-class StaleBatchError(RuntimeError):
-    """A batch sampled by an older policy reached the optimizer."""
-
-
-class PolicyModule(HeldoutEvaluation, LightningModule):
+class PolicyModule(PolicyHost):
     """Policy + reference model + clipped policy-gradient loss.
 
     Args:
@@ -73,6 +62,8 @@ class PolicyModule(HeldoutEvaluation, LightningModule):
             before the update (``grad/*``, see ``diagnostics/gradient_noise.py``; 0: never).
     """
 
+    trains_with_credit = True
+
     def __init__(
         self,
         model: str = "smollm2-135m-instruct",
@@ -96,143 +87,64 @@ class PolicyModule(HeldoutEvaluation, LightningModule):
         benchmarks: dict[str, Task] | None = None,
         grad_noise_every: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(model, optimizer, warmup_steps, micro_batch_size, micro_batch_tokens, logprob_chunk_tokens,
+                         max_grad_norm, gradient_checkpointing, param_dtype, lora, evaluation, benchmarks,
+                         offload_reference)
         # tasks hold data, the optimizer is a callable: neither goes into every checkpoint
         self.save_hyperparameters(ignore=["benchmarks", "optimizer"])
-        self.automatic_optimization = False
-        self.model_name, self.loss = model, loss if loss is not None else PolicyLoss()
-        self.optimizer, self.warmup_steps = optimizer, warmup_steps
-        self.ppo_epochs, self.mini_batches, self.micro_batch_size = ppo_epochs, mini_batches, micro_batch_size
-        self.micro_batch_tokens, self.logprob_chunk_tokens = micro_batch_tokens, logprob_chunk_tokens
-        if logprob_chunk_tokens is not None and logprob_chunk_tokens < 1:
-            raise ValueError(f"model.logprob_chunk_tokens must be >= 1 or null, got {logprob_chunk_tokens}")
-        self.max_grad_norm, self.gradient_checkpointing = max_grad_norm, gradient_checkpointing
-        self.param_dtype, self.offload_reference = param_dtype, offload_reference
-        self.lora = lora
+        self.loss = loss if loss is not None else PolicyLoss()
+        self.ppo_epochs, self.mini_batches = ppo_epochs, mini_batches
         if max_policy_lag < 0 or tis_cap <= 0:
             raise ValueError(f"model.max_policy_lag must be >= 0 and model.tis_cap > 0, got "
                              f"{max_policy_lag} and {tis_cap}")
         self.max_policy_lag, self.tis, self.tis_cap = max_policy_lag, tis, tis_cap
         self.grad_noise_every = grad_noise_every
-        self.policy = self.reference = self.tokenizer = None
-        self.num_parameters = 0.0
-        self.scorer: Scorer | None = None
-        self.update: PolicyUpdate | None = None
-        self.sampler = self.estimator = None
-        self.policy_version = 0
-        self.init_evaluation(evaluation, benchmarks)
+        self.empty_steps = 0
+        self.rl_step: RLStep | None = None
+        """Built at the start of ``fit`` from the run's parts (``on_fit_start``)."""
 
-    def connect(self, sampler, estimator=None) -> None:
-        """The sampler (evaluation, and the temperature tokens are scored at) and the estimator
-        (credit); called once by the wiring (``wiring.connect``)."""
-        self.sampler, self.estimator = sampler, estimator
+    @property
+    def estimator(self):
+        """The run's estimator (None outside a run, or when evaluating without one)."""
+        return self._parts.estimator if self._parts is not None else None
 
     @property
     def needs_reference(self) -> bool:
-        return self.loss.kl_coef > 0 or bool(self.estimator is not None and self.estimator.needs_reference)
+        estimator = self.estimator
+        return self.loss.kl_coef > 0 or bool(estimator is not None and estimator.needs_reference)
 
-    # -- models ----------------------------------------------------------------------------
-    def configure_model(self) -> None:
-        if self.policy is not None:
-            return
-        if self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy):
-            raise ValueError(
-                "FSDPStrategy (FSDP1) is not supported: scoring runs the decoder and output head "
-                "outside the root module's forward, which FSDP1 does not gather for. Use "
-                "-c configs/strategies/fsdp2.yaml (ModelParallelStrategy with FSDP2) instead"
-            )
-        self.policy, self.reference, self.tokenizer = build_models(
-            self.model_name, with_reference=self.needs_reference, lora=self.lora,
-            gradient_checkpointing=self.gradient_checkpointing, mesh=self.device_mesh,
-            param_dtype=self.param_dtype, offload_reference=self.offload_reference)
-        # parameters of the forward pass (adapters included, a tied head once): the FLOP count's base
-        self.num_parameters = float(sum(p.numel() for p in base_model(self.policy).parameters()))
-        world = self.trainer.world_size if self._trainer is not None else 1
-        temperature = self.sampler.scoring_temperature if self.sampler is not None else 1.0
-        self.scorer = Scorer(self.policy, self.reference, temperature, self.micro_batch_size, self.micro_batch_tokens,
-                             DataParallel(world, self.policy), self.tokenizer.pad_token_id,
-                             share_prompts=self.device_mesh is None, chunk_tokens=self.logprob_chunk_tokens)
-        half = self._trainer is not None and compute_dtype(self.trainer.precision) != torch.float32
+    def on_fit_start(self) -> None:
+        """Build the step from the connected parts and the models (after a checkpoint, if any,
+        was restored): the scorer scores at the sampler's temperature over the trainer's ranks."""
+        parts = self.parts
+        scorer = self.make_scorer(parts.sampler.scoring_temperature, share_prompts=self.device_mesh is None)
+        half = compute_dtype(self.trainer.precision) != torch.float32
         tis = self.tis if self.tis is not None else self.max_policy_lag > 0 or half
-        self.update = PolicyUpdate(self.loss, self.scorer, self.manual_backward, self.ppo_epochs, self.mini_batches,
-                                   self.max_grad_norm, self.tis_cap, lag_corrected=tis)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.reference is not None:
-            self.reference.eval()  # frozen: never in training mode, never updated
-        return self
-
-    def configure_optimizers(self):
-        return with_warmup(self.policy, self.optimizer, self.warmup_steps)
-
-    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
-        # rollout batches move their tensors in place; validation batches are problem texts
-        return batch.to(device) if isinstance(batch, RolloutBatch) else batch
+        update = PolicyUpdate(self.loss, scorer, self.manual_backward, self.ppo_epochs, self.mini_batches,
+                              self.max_grad_norm, self.tis_cap, lag_corrected=tis, clip_and_step=self.clip_and_step)
+        self.rl_step = RLStep(parts, scorer, update, self.needs_reference, self.max_policy_lag, self.grad_noise_every)
 
     # -- training: one RL step ---------------------------------------------------------------
-    def training_step(self, batch: RolloutBatch, batch_idx: int) -> None:
-        self.scorer.tokens_scored = 0
-        lag = self.policy_version - batch.policy_version
-        if not 0 <= lag <= self.max_policy_lag:
-            raise StaleBatchError(
-                f"batch sampled by policy version {batch.policy_version}, but the policy is at "
-                f"{self.policy_version} (model.max_policy_lag={self.max_policy_lag}): the engine missed "
-                "a weight sync or the stream fetched ahead of the optimizer step"
-            )
-        start = time.perf_counter()
-        if self.needs_reference:  # KL in the loss or in the estimator's reward: computed once
-            batch.ref_logprobs = self.scorer.full(batch, batch.rows(lambda t: t.trained), "reference")
-        reference_time, start = time.perf_counter() - start, time.perf_counter()
-        self.estimator.prepare(batch, self.scorer)
-        batch.advantages, batch.loss_weights = self.estimator.assign(batch)
-        credit_time = time.perf_counter() - start
-        noise = self._gradient_noise(batch)
+    def training_step(self, problems: list[Problem], batch_idx: int) -> dict:
         opt, sched = self.optimizers(), self.lr_schedulers()
-        metrics = self.update.run(batch, opt, sched, self.policy_version, lag)
+        result = self.rl_step.run(problems, self.policy_version, opt, sched, next(self.policy.parameters()).device)
         self.policy_version += 1
-        metrics.update(batch_metrics(batch))
-        metrics["time/estimator"] = metrics.get("time/estimator", 0.0) + credit_time  # plan + prepare + assign
-        metrics["time/logprobs"] += reference_time  # reference and old-policy passes
-        metrics.update({"train/lr": sched.get_last_lr()[0], "policy_version": float(self.policy_version),
-                        "logprobs/tokens": float(self.scorer.tokens_scored), "model/parameters": self.num_parameters})
+        self.empty_steps += int(result.metrics.pop("train/empty_step"))
+        metrics = {**result.metrics, "train/lr": sched.get_last_lr()[0], "policy_version": float(self.policy_version),
+                   "train/skipped_updates": float(self.skipped_updates), "train/empty_steps": float(self.empty_steps),
+                   "model/parameters": self.num_parameters}
         self.log("reward", metrics["train/reward_mean"], prog_bar=True, on_step=True, on_epoch=False, logger=False)
-        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(batch), sync_dist=self.scorer.parallel.world > 1)
-        for logger in self.loggers if noise else ():  # straight to the loggers: log_dict would repeat it every step
-            logger.log_metrics({**noise, "policy_version": float(self.policy_version)}, step=self.global_step)
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(result.batch),
+                      sync_dist=self.trainer.world_size > 1)
+        for logger in self.loggers if result.noise else ():  # straight to the loggers: log_dict would repeat it
+            logger.log_metrics({**result.noise, "policy_version": float(self.policy_version)}, step=self.global_step)
+        return {"rollout": result.batch}
 
-    def _gradient_noise(self, batch: RolloutBatch) -> dict[str, float]:
-        due = self.grad_noise_every and self.policy_version % self.grad_noise_every == 0
-        if not due or self.scorer.parallel.world > 1:  # one process only
-            return {}
-        rows = [i for i in range(len(batch)) if bool(batch.loss_weights[i].any())]
-        return group_gradient_noise(self.scorer, self.loss, batch, rows)
-
-    # -- checkpoint state ----------------------------------------------------------------------
+    # -- checkpoint state (the host's, plus the count of steps with nothing to learn) -----------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # the frozen reference is rebuilt from `model` on load: no need to store it every time
-        # (a sharded checkpoint is loaded key by key into the module, so there it stays)
-        state = checkpoint["state_dict"]
-        if not any(hasattr(v, "full_tensor") for v in state.values()):
-            for key in [k for k in state if k.startswith("reference.")]:
-                del state[key]
-        checkpoint["policy_version"] = self.policy_version
-        checkpoint["skipped_updates"], checkpoint["empty_steps"] = self.update.skipped_updates, self.update.empty_steps
-        checkpoint["rng_states"] = rng_states()
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["empty_steps"] = self.empty_steps
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.configure_model()
-        state = checkpoint.get("state_dict")  # absent when a sharded checkpoint was loaded in place
-        if state is not None:
-            if self.reference is None:  # a checkpoint of a run that had one
-                for key in [k for k in state if k.startswith("reference.")]:
-                    del state[key]
-            else:
-                for key, value in self.reference.state_dict().items():
-                    state.setdefault(f"reference.{key}", value)
-        self.policy_version = checkpoint.get("policy_version", 0)
-        self.update.skipped_updates = checkpoint.get("skipped_updates", 0)
-        self.update.empty_steps = checkpoint.get("empty_steps", 0)
-        if "rng_states" in checkpoint:  # estimators' random choices continue where they stopped
-            set_rng_states(checkpoint["rng_states"])
-
+        super().on_load_checkpoint(checkpoint)
+        self.empty_steps = checkpoint.get("empty_steps", 0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any
 
 import torch
 
@@ -81,6 +82,10 @@ class RolloutBatch:
     """Reference answer of each group (indexed by ``Trajectory.group``)."""
     stats: dict[str, float] = field(default_factory=dict)
     """Per-step diagnostics (timings, revision counts) logged by the module."""
+    notes: dict[str, Any] = field(default_factory=dict)
+    """What an estimator's ``plan`` and ``prepare`` leave for its ``assign`` (ACPO's step scores,
+    IBPO's importance weights), keyed ``<estimator name>/<what>``: per-batch state lives here,
+    never on the estimator, so it cannot leak into another batch or a resumed run."""
 
     input_ids: torch.Tensor | None = None  # [N, L] prompt + response, right-padded
     attention_mask: torch.Tensor | None = None  # [N, L]

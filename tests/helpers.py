@@ -58,6 +58,7 @@ class BatchRecorder(Callback):
         self.path = path
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        batch = outputs["rollout"]
         responses = [t.response_ids for t in batch.trajectories]
         row = {"version": batch.policy_version, "problems": batch.problems,
                "responses": hashlib.sha1(json.dumps(responses).encode()).hexdigest(),
@@ -167,3 +168,13 @@ class WeightsAtStart(Callback):
         if trainer.is_global_zero:
             with open(self.path, "w") as f:
                 f.write(f"{checksum!r}\n")
+
+
+class LastRollout(Callback):
+    """Keeps the last training step's ``RolloutBatch`` (``outputs["rollout"]``) as ``batch``."""
+
+    def __init__(self) -> None:
+        self.batch = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.batch = outputs["rollout"]

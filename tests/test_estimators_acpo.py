@@ -16,6 +16,7 @@ from ibpo_lightning.estimators import ACPO
 from ibpo_lightning.estimators.functional import attribution_factors, step_of_tokens, zscore
 from ibpo_lightning.models import load_policy
 from ibpo_lightning.types import RolloutBatch, Trajectory
+from tests.helpers import LastRollout
 
 ROOT = Path(__file__).parents[1]
 A = 0.5 / (math.sqrt(1 / 3) + 1e-6)  # GRPO advantage of rewards [1, 0, 1, 0] (unbiased std)
@@ -49,15 +50,15 @@ def test_acpo_factorised_step_credit_golden():
     batch = batch_of(rows)
     est = ACPO(entropy_coef=0.0, attribution_coef=0.5)
     # row 0 (correct): step 2 raised the answer's log-prob most; row 1 (wrong): step 2 lowered it
-    est.step_scores = {0: [1.0, 3.0], 1: [2.0, -2.0], 2: [0.7], 3: [-0.3]}
+    batch.notes[ACPO.STEP_SCORES] = {0: [1.0, 3.0], 1: [2.0, -2.0], 2: [0.7], 3: [-0.3]}
     adv, w = est.assign(batch)
     assert adv[0, 2:6].tolist() == pytest.approx([0.5 * A, 0.5 * A, 1.5 * A, 1.5 * A], rel=1e-5)
     assert adv[1, 2:6].tolist() == pytest.approx([-0.5 * A, -0.5 * A, -1.5 * A, -1.5 * A], rel=1e-5)
     assert adv[2, 2:6].tolist() == pytest.approx([A] * 4, rel=1e-5)  # one step: factor 1
     assert adv[3, 2:6].tolist() == pytest.approx([-A] * 4, rel=1e-5)
     assert torch.equal(w, batch.response_mask)  # pass rate 0.5 lies in the stage-1 band
-    est.step_scores = {0: [1.0], 1: [2.0, -2.0], 2: [0.7], 3: [-0.3]}
-    with pytest.raises(ValueError, match="another batch"):
+    batch.notes[ACPO.STEP_SCORES] = {0: [1.0], 1: [2.0, -2.0], 2: [0.7], 3: [-0.3]}
+    with pytest.raises(ValueError, match="has 1 values for 2 steps"):
         est.assign(batch)
 
 
@@ -94,8 +95,9 @@ def test_acpo_entropy_regulation_golden():
         batch)[0][0, 2:4].tolist() == pytest.approx([a, a], rel=1e-5)
     three = [row(0, 1.0, (5, 6, 7), logprobs=(-0.2, -0.6, -0.4), boundaries=(1, 2)), row(0, 0.0, (5, 6, 7))]
     est = ACPO(entropy_coef=0.1, target_entropy=9.0, attribution_coef=0.0, stage1_band=(0.0, 1.0))
-    est.step_scores = {0: [0.0, 1.0, 2.0], 1: [0.0]}  # z = -1.22, 0, 1.22: steps 0 and 2 are crucial
-    out = est.assign(batch_of(three))[0]
+    three = batch_of(three)
+    three.notes[ACPO.STEP_SCORES] = {0: [0.0, 1.0, 2.0], 1: [0.0]}  # z = -1.22, 0, 1.22: steps 0 and 2 are crucial
+    out = est.assign(three)[0]
     h3 = (0.2 + 0.6 + 0.4 + 3.0) / 6
     assert out[0, 2:5].tolist() == pytest.approx([a + 0.1 * (0.2 - h3), a, a + 0.1 * (0.4 - h3)], rel=1e-5)
 
@@ -165,9 +167,8 @@ def test_acpo_attribution_is_the_answer_logprob_gain_of_each_step(tiny):
     rows = [row(0, 1.0, resp, boundaries=(3,), prompt=prompt), row(0, 0.0, resp[:4], prompt=prompt)]
     batch = batch_of(rows, answers=["7"])
     acpo = ACPO()
-    acpo.tokenizer = tok
     scorer = Scorer(with_scoring(model), None, temperature=1.0, micro_batch_size=2, pad_id=tok.pad_token_id)
-    scores = acpo.attribute(batch, scorer)
+    scores = acpo.attribute(acpo.probes(batch, tok), scorer)
     assert [len(scores[0]), len(scores[1])] == [2, 1]
     level = [answer_logprob(model, tok, prompt + resp[:end] + cue, "7") for end in (0, 3, len(resp))]
     assert scores[0] == pytest.approx([level[1] - level[0], level[2] - level[1]], abs=1e-4)
@@ -178,9 +179,12 @@ def test_acpo_two_step_fit_through_the_cli(tmp_path):
     cli = run_cli(["fit", "-c", str(ROOT / "configs/tiny.yaml"), "-c", str(ROOT / "configs/estimators/acpo.yaml"),
                    "--data.task=tests.helpers.ParityTask", "--estimator.init_args.target_entropy=100",
                    f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
-                   "--trainer.logger=false", "--trainer.num_sanity_val_steps=0", "--trainer.limit_val_batches=0"])
+                   "--trainer.logger=false", "--trainer.num_sanity_val_steps=0", "--trainer.limit_val_batches=0",
+                   "--trainer.callbacks+=tests.helpers.LastRollout"])
     metrics, est = cli.trainer.callback_metrics, cli.trainer.callbacks
     acpo = next(cb for cb in est if isinstance(cb, ACPO))
     assert cli.model.policy_version == 2
     assert float(metrics["acpo/entropy_regulated"]) == 1.0 and float(metrics["acpo/steps_mean"]) >= 1.0
-    assert acpo.step_scores and all(math.isfinite(c) for scores in acpo.step_scores.values() for c in scores)
+    last = next(cb for cb in est if isinstance(cb, LastRollout)).batch
+    scores = last.notes[ACPO.STEP_SCORES]
+    assert scores and all(math.isfinite(c) for steps in scores.values() for c in steps)

@@ -1,4 +1,4 @@
-"""GSPO, DAPO and REINFORCE++ (-baseline): golden values by hand, dynamic sampling, real CLI runs.
+"""GSPO, DAPO and REINFORCE++ (-baseline): golden values by hand and real CLI runs.
 
 The loss-level check that GSPO's ratio is exp(mean token log-ratio) is
 ``tests/test_losses.py::test_sequence_ratio_is_exp_of_mean_token_log_ratio``; here it is checked
@@ -22,10 +22,7 @@ from ibpo_lightning.estimators.functional import discounted_returns, masked_whit
 from ibpo_lightning.losses import PolicyLoss, token_logprobs
 from ibpo_lightning.module import PolicyModule
 from ibpo_lightning.rollout import HFEngine, RolloutCallback
-from ibpo_lightning.rollout.engine import Sample
-from ibpo_lightning.tasks.base import Problem
-from ibpo_lightning.types import RolloutBatch, Trajectory
-from tests.helpers import ParityTask, adamw, batch_of, traj
+from tests.helpers import LastRollout, ParityTask, adamw, batch_of, traj
 
 ROOT = Path(__file__).parents[1]
 
@@ -66,14 +63,14 @@ def test_dapo_assign_golden_with_overlong_shaping_and_filtering():
     rows = [traj(0, 1.0, (5, 6, 7)), traj(0, 1.0, (5,) * 6), traj(0, 0.0, (5, 6, 7)),
             traj(0, 0.0, (5,) * 8, finished=False), traj(1, 1.0), traj(1, 1.0)]
     batch = batch_of(rows)
-    est = DAPO(dynamic_sampling=False, max_length=8, overlong_buffer=4)  # penalty zone: lengths 5..8
+    est = DAPO(max_length=8, overlong_buffer=4)  # penalty zone: lengths 5..8
     adv, w = est.assign(batch)
     shaped = torch.tensor([1.0, 1.0 - 0.5, 0.0, -1.0])  # length 6: (4 - 6) / 4; truncated at 8: -1
     expected = (shaped - shaped.mean()) / (shaped.std() + 1e-6)
     assert [float(adv[i, 2]) for i in range(4)] == pytest.approx(expected.tolist(), abs=1e-6)
     assert torch.count_nonzero(adv[4:]) == 0  # uniform group (equal lengths): no advantage
     assert torch.equal(w, batch.response_mask)  # filtering off: the truncated row is trained on
-    adv_f, w_f = DAPO(dynamic_sampling=False, max_length=8, overlong_buffer=4, overlong_filtering=True).assign(batch)
+    adv_f, w_f = DAPO(max_length=8, overlong_buffer=4, overlong_filtering=True).assign(batch)
     assert torch.count_nonzero(w_f[3]) == 0 and torch.count_nonzero(adv_f[3]) == 0
     assert torch.allclose(adv_f[:3], adv[:3])  # it stays in the group statistics
     assert batch.stats["dapo/filtered_truncated"] == 1.0
@@ -81,109 +78,23 @@ def test_dapo_assign_golden_with_overlong_shaping_and_filtering():
     assert DAPO(max_length=8, overlong_buffer_fraction=0.25).buffer_tokens() == 2
 
 
-@pytest.mark.parametrize("bad", [{"max_resample_rounds": -1}, {"oversample": 0}, {"overlong_buffer": 0},
-                                 {"overlong_buffer_fraction": 0.0}])
+@pytest.mark.parametrize("bad", [{"overlong_buffer": 0}, {"overlong_buffer_fraction": 0.0}])
 def test_dapo_rejects_bad_arguments(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         DAPO(**bad)
 
 
-class FakeRollout:
-    """Deterministic sampler: sample j of a prompt is the text '<prompt id> <j>'."""
-
-    group_size, max_new_tokens = 4, 8
-
-    def __init__(self):
-        self.kinds: list[str] = []
-
-    def encode(self, text, system_prompt=None):
-        return [len(text)]
-
-    def generate(self, prompts, n, kind="fresh", **kw):
-        self.kinds.append(kind)
-        return [[Sample([p[0], j], [-1.0, -1.0], f"{p[0]} {j}", True) for j in range(n)] for p in prompts]
-
-
-class FakeTask:
-    """Problems whose answer says how their samples score: 'mixed' alternates 1, 0; 'solved' 1; 'hard' 0."""
-
-    system_prompt = None
-
-    def score(self, texts, answers):
-        rule = {"mixed": lambda j: float(j % 2 == 0), "solved": lambda j: 1.0, "hard": lambda j: 0.0}
-        return [rule[a](int(t.split()[1])) for t, a in zip(texts, answers)]
-
-
-def problem(kind: str, k: int) -> Problem:
-    return Problem(prompt=f"{kind} problem number {k}", answer=kind)
-
-
-def fake_batch(problems, rollout, task) -> RolloutBatch:
-    batch = RolloutBatch([], policy_version=0)
-    DAPO._sample_more(batch, problems, rollout, task)
-    return batch
-
-
-def test_dapo_dynamic_sampling_with_fake_sampler():
-    rollout, task = FakeRollout(), FakeTask()
-    batch = fake_batch([problem("hard", 0), problem("mixed", 0), problem("solved", 0)], rollout, task)
-    source = iter([problem("solved", 1), problem("mixed", 1), problem("hard", 1), problem("mixed", 2)])
-    drawn = []
-    est = DAPO()
-    est.problem_source = lambda k: drawn.append(k) or [next(source) for _ in range(k)]
-    est.plan(batch, rollout, task)
-    # 1 varied group of 3: draw 2 (solved, mixed) -> 2 varied; draw 1 (hard) -> 2; draw 1 (mixed) -> 3
-    assert drawn == [2, 1, 1]
-    assert batch.stats == {"dapo/groups_drawn": 7.0, "dapo/groups_kept": 3.0, "dapo/resample_rounds": 3.0}
-    assert batch.problems == ["mixed problem number 0", "mixed problem number 1", "mixed problem number 2"]
-    assert [t.group for t in batch.trajectories] == [0] * 4 + [1] * 4 + [2] * 4
-    assert [t.reward for t in batch.trajectories] == [1.0, 0.0, 1.0, 0.0] * 3
-    assert rollout.kinds == ["resample"] * 4 and est.max_length == rollout.max_new_tokens
-    batch.collate(pad_id=0)
-    assert batch.rewards.shape == (12,) and batch.group_ids.tolist() == [0] * 4 + [1] * 4 + [2] * 4
-
-
-def test_dapo_dynamic_sampling_cap_keeps_what_it_has():
-    rollout, task = FakeRollout(), FakeTask()
-    start = [problem("hard", 0), problem("mixed", 0), problem("solved", 0)]
-    capped = DAPO(max_resample_rounds=1, oversample=2)
-    capped.problem_source = lambda k: [problem("hard", 9)] * k
-    batch = fake_batch(start, rollout, task)
-    capped.plan(batch, rollout, task)
-    assert batch.stats["dapo/groups_drawn"] == 3 + 4 and batch.stats["dapo/groups_kept"] == 1.0
-    assert batch.problems == ["mixed problem number 0"] and len(batch.trajectories) == 4
-    # no group with variance at all: the original groups are kept (the step trains on nothing)
-    none = fake_batch([problem("hard", 0), problem("solved", 0)], rollout, task)
-    capped.plan(none, rollout, task)
-    assert none.stats["dapo/groups_kept"] == 0.0 and none.problems == ["hard problem number 0", "solved problem number 0"]
-    with pytest.raises(ValueError, match="problem_source"):
-        DAPO().plan(fake_batch(start, rollout, task), rollout, task)
-
-
 def tiny_setup(tmp_path, estimator, steps=1):
+    """A hand-built trainer's run; the module, and the last step's batch."""
     module = PolicyModule(model="tiny-random-llama", optimizer=adamw(1e-3), micro_batch_size=4)
     data = RLDataModule(ParityTask(num_train=32, num_heldout=4), prompts_per_step=2, steps=steps)
+    last = LastRollout()
     trainer = Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                       limit_val_batches=0, default_root_dir=tmp_path,
-                      callbacks=[RolloutCallback(HFEngine(), group_size=4, max_new_tokens=6), estimator])
+                      callbacks=[RolloutCallback(HFEngine(), group_size=4, max_new_tokens=6), estimator, last])
     trainer.fit(module, data)
-    return module, data
-
-
-def test_dapo_dynamic_sampling_with_the_tiny_engine(tmp_path):
-    _, data = tiny_setup(tmp_path, DAPO(max_resample_rounds=8))
-    position = data.order.epoch * data.order.size + data.order.offset
-    batch = data.next_batch()
-    drawn, kept = int(batch.stats["dapo/groups_drawn"]), int(batch.stats["dapo/groups_kept"])
-    assert data.order.epoch * data.order.size + data.order.offset - position == drawn  # drawn via the data module
-    assert kept == 2, "ParityTask gives a random model reward variance; 8 rounds should fill the batch"
-    assert len(batch.problems) == 2 and sorted({t.group for t in batch.trajectories}) == [0, 1]
-    for g in (0, 1):
-        rewards = batch.rewards[batch.group_ids == g]
-        assert len(rewards) == 4 and rewards.max() > rewards.min()
-    if drawn > 2:
-        assert batch.stats["tokens/resample"] > 0
+    return module, last.batch
 
 
 # -- REINFORCE++ -------------------------------------------------------------------------------
@@ -247,19 +158,20 @@ def test_reinforce_pp_kl_in_reward_golden():
 
 
 def test_reference_is_built_only_when_something_needs_it_and_scored_by_the_scorer(tmp_path):
-    module, data = tiny_setup(tmp_path / "kl", ReinforcePP(kl_coef=0.01))
+    module, batch = tiny_setup(tmp_path / "kl", ReinforcePP(kl_coef=0.01))
     assert module.needs_reference and module.reference is not None
-    batch = data.next_batch()
     rows = list(range(len(batch)))
-    scored = module.scorer.full(batch, rows, "reference")
+    scorer = module.rl_step.scorer
+    scored = scorer.full(batch, rows, "reference")
     plain, _ = token_logprobs(module.reference, batch.input_ids, batch.attention_mask, batch.response_mask,
                               share_prompts=False)
     assert torch.allclose(scored, plain, atol=1e-5) and torch.count_nonzero(scored * batch.response_mask) > 0
-    assert not torch.allclose(scored, module.scorer.full(batch, rows, "policy"), atol=1e-4), "the policy moved"
+    assert torch.allclose(scored * batch.response_mask, batch.ref_logprobs, atol=1e-5)  # what the step filled
+    assert not torch.allclose(scored, scorer.full(batch, rows, "policy"), atol=1e-4), "the policy moved"
     free, _ = tiny_setup(tmp_path / "free", ReinforcePP(kl_coef=0.0))
     assert not free.needs_reference and free.reference is None
     with pytest.raises(ValueError, match="no reference model"):
-        free.scorer.full(batch, rows, "reference")
+        free.rl_step.scorer.full(batch, rows, "reference")
 
 
 def test_reinforce_pp_allows_groups_of_one_but_not_its_baseline_variant():
@@ -267,7 +179,7 @@ def test_reinforce_pp_allows_groups_of_one_but_not_its_baseline_variant():
 
 
 # -- each overlay through the real CLI, 2 steps on configs/tiny.yaml ----------------------------
-@pytest.mark.parametrize(("name", "stat"), [("gspo", None), ("dapo", "dapo/groups_drawn"),
+@pytest.mark.parametrize(("name", "stat"), [("gspo", None), ("dapo", "dynamic/groups_drawn"),
                                             ("reinforce_pp", "reinforce_pp/kl"),
                                             ("reinforce_pp_baseline", "reinforce_pp/kl")])
 def test_two_step_fit_through_the_cli(tmp_path, name, stat):
@@ -290,6 +202,6 @@ def test_dapo_fit_through_the_cli_keeps_groups_with_variance(tmp_path):
                    "--trainer.num_sanity_val_steps=0", "--trainer.limit_val_batches=0"])
     metrics = cli.trainer.callback_metrics
     assert cli.model.policy_version == 2
-    assert float(metrics["dapo/groups_kept"]) == 2.0
-    assert float(metrics["dapo/groups_drawn"]) >= 2.0
+    assert float(metrics["dynamic/groups_kept"]) == 2.0
+    assert float(metrics["dynamic/groups_drawn"]) >= 2.0
     assert float(metrics["train/adv_zero_fraction"]) < 1.0

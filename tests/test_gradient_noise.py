@@ -8,11 +8,12 @@ import torch
 from ibpo_lightning.diagnostics import group_gradient_noise as _noise
 from ibpo_lightning.losses import PolicyLoss
 from ibpo_lightning.module import PolicyModule
+from ibpo_lightning.training import Scorer
 from tests.helpers import batch_of, traj
 
 
 def group_gradient_noise(module, batch, rows):
-    return _noise(module.scorer, module.loss, batch, rows)
+    return _noise(Scorer(module.policy, None, temperature=1.0, micro_batch_size=16), module.loss, batch, rows)
 
 
 @pytest.fixture(scope="module")

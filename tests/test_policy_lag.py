@@ -12,7 +12,8 @@ from lightning.pytorch import Trainer
 from ibpo_lightning.data import RLDataModule
 from ibpo_lightning.estimators import GRPO
 from ibpo_lightning.losses import truncated_importance_weight
-from ibpo_lightning.module import PolicyModule, StaleBatchError
+from ibpo_lightning.module import PolicyModule
+from ibpo_lightning.step import StaleEngineError
 from ibpo_lightning.rollout import HFEngine, RolloutCallback, VLLMEngine, vllm_available
 from tests.helpers import ParityTask, adamw
 
@@ -26,9 +27,8 @@ def run(tmp_path, engine, steps=3, sync_every=1, max_policy_lag=0, no_sync=False
     seen = []
 
     class Record(GRPO):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
-            seen.append((batch.policy_version, pl_module.policy_version))
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append((outputs["rollout"].policy_version, pl_module.policy_version - 1))
 
     trainer = Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -81,8 +81,8 @@ def test_vllm_training_syncs_every_step_and_logs_a_small_mismatch(tmp_path):
 
 @needs_vllm
 @pytest.mark.slow
-def test_vllm_without_sync_makes_a_stale_batch_that_is_refused(tmp_path):
-    with pytest.raises(StaleBatchError, match="policy version 0, but the policy is at 1"):
+def test_vllm_without_sync_is_refused_at_the_next_step(tmp_path):
+    with pytest.raises(StaleEngineError, match="engine holds policy version 0, but the policy is at 1"):
         run(tmp_path, VLLMEngine(max_model_len=128), no_sync=True, model=SMOLLM)
 
 
@@ -116,5 +116,5 @@ def test_lag_correction_weights_advantages_by_the_truncated_ratio():
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
         update = PolicyUpdate(PolicyLoss(), scorer, lambda loss: loss.backward(), max_grad_norm=None,
                               tis_cap=2.0, lag_corrected=corrected)
-        norms[corrected] = update.run(batch, opt, sched, step=0, lag=1)["train/grad_norm"]
+        norms[corrected] = update.run(batch, opt, sched, lag=1)["train/grad_norm"]
     assert norms[True] == pytest.approx(2 * norms[False], rel=1e-4) and norms[False] > 0

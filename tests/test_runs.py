@@ -121,7 +121,7 @@ def test_a_step_where_no_row_carries_weight_is_an_empty_update(tmp_path):
     module.configure_model()
     before = [p.detach().clone() for p in module.policy.parameters()]
     trainer.fit(module, data)
-    assert module.policy_version == 2 and module.update.empty_steps == 2
+    assert module.policy_version == 2 and module.empty_steps == 2
     assert float(trainer.callback_metrics["train/empty_steps"]) == 2.0
     assert all(torch.equal(a, b) for a, b in zip(before, module.policy.parameters())), "an empty step moved weights"
 

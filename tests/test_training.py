@@ -14,10 +14,11 @@ from lightning.pytorch import Callback, Trainer
 from ibpo_lightning.data import RLDataModule
 from ibpo_lightning.estimators import GRPO, IBPO
 from ibpo_lightning.losses import PolicyLoss
-from ibpo_lightning.module import PolicyModule, StaleBatchError
+from ibpo_lightning.module import PolicyModule
 from ibpo_lightning.rollout import HFEngine, RolloutCallback
+from ibpo_lightning.step import StaleEngineError
 from ibpo_lightning.types import Kind
-from tests.helpers import ParityTask, adamw
+from tests.helpers import LastRollout, ParityTask, adamw
 
 ROOT = Path(__file__).parents[1]
 
@@ -49,11 +50,13 @@ def test_cli_fit_tiny_two_steps(tmp_path):
 
 
 class VersionRecorder(Callback):
+    """(version that sampled the step's batch, version the step trained) per step."""
+
     def __init__(self):
         self.pairs = []
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.pairs.append((batch.policy_version, pl_module.policy_version))
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.pairs.append((outputs["rollout"].policy_version, pl_module.policy_version - 1))
 
 
 def test_every_batch_is_sampled_by_the_policy_it_trains(tmp_path):
@@ -64,13 +67,24 @@ def test_every_batch_is_sampled_by_the_policy_it_trains(tmp_path):
     assert module.policy_version == 4
 
 
-def test_stale_batch_is_refused(tmp_path):
+def test_a_step_refuses_an_engine_that_missed_a_sync(tmp_path):
     trainer, module, data = tiny_trainer(tmp_path, steps=1)
     trainer.fit(module, data)
-    batch = data.next_batch()
-    batch.policy_version -= 1
-    with pytest.raises(StaleBatchError, match="policy version"):
-        module.training_step(batch, 0)
+    module.parts.sampler.engine_version = module.policy_version - 1
+    with pytest.raises(StaleEngineError, match="engine holds policy version 0, but the policy is at 1"):
+        module.rl_step.run(data.draw_problems(2), module.policy_version, None, None, "cpu")
+
+
+def test_a_module_without_a_run_says_what_is_missing(tmp_path):
+    """No silent fallback: a module no Trainer has set up has models but no sampler to score at."""
+    module = PolicyModule(model="tiny-random-llama")
+    module.configure_model()
+    with pytest.raises(RuntimeError, match="not connected to a run.*RolloutCallback"):
+        module.parts
+    trainer, module, data = tiny_trainer(tmp_path, steps=1)
+    trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, RolloutCallback)]
+    with pytest.raises(ValueError, match="expected exactly one RolloutCallback callback, found none"):
+        trainer.fit(module, data)
 
 
 def test_reference_never_changes_while_policy_does(tmp_path):
@@ -97,8 +111,16 @@ class FaultInjector(Callback):
         if batch_idx != self.step:
             return
         self.params_before = [p.detach().clone() for p in pl_module.policy.parameters()]
-        if self.where == "loss":  # the estimator's credit (assigned in training_step) becomes NaN
-            batch.rewards[0] = float("inf")
+        if self.where == "loss":  # the estimator's credit becomes non-finite
+            estimator = pl_module.parts.estimator
+            assign = estimator.assign
+
+            def poisoned(rollout):
+                rollout.rewards[0] = float("inf")
+                return assign(rollout)
+
+            estimator.assign = poisoned
+            self.handles.append(type("Undo", (), {"remove": lambda _: delattr(estimator, "assign")})())
         elif self.where == "logits":
             head = pl_module.policy.get_output_embeddings()
             self.handles.append(head.register_forward_hook(lambda m, i, out: out * float("nan")))
@@ -119,16 +141,18 @@ def test_non_finite_step_is_skipped_and_counted(tmp_path, where):
     trainer, module, data = tiny_trainer(tmp_path, injector, steps=3, estimator=IBPO(n_refs=1))
     with pytest.warns(RuntimeWarning, match="update skipped"):
         trainer.fit(module, data)
-    assert module.update.skipped_updates == 1
+    assert module.skipped_updates == 1
+    assert float(trainer.callback_metrics["train/skipped_updates"]) == 1.0
     assert module.policy_version == 3  # the run went on
     assert all(torch.equal(a, b) for a, b in zip(injector.params_before, injector.after))
     assert all(torch.isfinite(p).all() for p in module.policy.parameters())
 
 
 def test_ibpo_plan_generates_and_verifies_revisions(tmp_path):
-    trainer, module, data = tiny_trainer(tmp_path, steps=1, estimator=IBPO(n_refs=1))
+    last = LastRollout()
+    trainer, module, data = tiny_trainer(tmp_path, last, steps=1, estimator=IBPO(n_refs=1))
     trainer.fit(module, data)
-    batch = data.next_batch()
+    batch = last.batch
     wrong = [i for i, t in enumerate(batch.trajectories) if t.kind == 0 and t.reward < 1]
     revisions = [t for t in batch.trajectories if t.kind == 2]
     assert len(revisions) == len(wrong)  # one reference each
@@ -145,6 +169,7 @@ class RevisionRows(Callback):
         self.steps = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        batch = outputs["rollout"]
         rows = [i for i, t in enumerate(batch.trajectories) if t.kind == Kind.REROOTED_REVISION]
         self.steps.append(dict(rows=len(rows), weighted=float(batch.loss_weights[rows].sum()) if rows else 0.0,
                                loss=float(trainer.callback_metrics["train/pg_loss"]),
@@ -156,7 +181,7 @@ def test_ibpo_trains_on_rerooted_revisions_end_to_end(tmp_path):
     estimator = IBPO(n_refs=1, repair_prompt="line", train_on_revision=True)
     trainer, module, data = tiny_trainer(tmp_path, recorder, steps=3, estimator=estimator)
     trainer.fit(module, data)
-    assert module.policy_version == 3 and module.update.skipped_updates == 0
+    assert module.policy_version == 3 and module.skipped_updates == 0
     assert sum(s["rows"] for s in recorder.steps) > 0, "no repair verified in 3 steps: nothing was tested"
     assert all(s["weighted"] > 0 for s in recorder.steps if s["rows"])  # their edited tokens are trained on
     assert all(math.isfinite(s["loss"]) and s["fresh"] == 4 for s in recorder.steps)

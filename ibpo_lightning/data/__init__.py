@@ -1,5 +1,5 @@
-"""The streaming data module: prompts in, freshly sampled trajectory groups out."""
+"""The streaming data module: each RL step's problems, from a checkpointed prompt order."""
 
-from ibpo_lightning.data.datamodule import RLDataModule, RolloutStream
+from ibpo_lightning.data.datamodule import RLDataModule, ProblemStream
 
-__all__ = ["RLDataModule", "RolloutStream"]
+__all__ = ["RLDataModule", "ProblemStream"]

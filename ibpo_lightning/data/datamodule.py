@@ -1,24 +1,20 @@
-"""A ``LightningDataModule`` that streams freshly sampled trajectory groups.
+"""A ``LightningDataModule`` that streams each RL step's problems from a checkpointed prompt order.
 
-Each item of the training stream is one whole :class:`RolloutBatch` (one RL step), produced on
-demand by ``next_batch``: prompts -> sampler -> rewards -> estimator ``plan`` -> collate. The
-stream has a length, so Lightning does not fetch a batch ahead of the optimizer step (which
-would make every batch one policy version stale); the module checks ``batch.policy_version``.
-The sampler and the estimator are handed over once, by ``connect`` (see ``wiring.py``).
+Each item of the training stream is the list of problems of one RL step on this rank; the module's
+``training_step`` samples, scores and trains on them (``step.py``), so every batch is sampled by
+the policy that trains on it. The stream has a length, so Lightning does not fetch an item ahead
+of the step: the prompt order a checkpoint saves is exactly the one the next step continues.
+Dynamic sampling draws its refills from the same order (``draw_problems``).
 """
 
 from __future__ import annotations
 
 import random
-import time
 
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, IterableDataset
 
-from ibpo_lightning.estimators.base import Estimator
-from ibpo_lightning.rollout.sampler import Sampler
 from ibpo_lightning.tasks.base import Problem, Task
-from ibpo_lightning.types import RolloutBatch
 
 
 class PromptSampler:
@@ -51,8 +47,8 @@ class PromptSampler:
         self._order = self._permutation()
 
 
-class RolloutStream(IterableDataset):
-    """Yields ``steps`` rollout batches, each sampled with the policy of that moment."""
+class ProblemStream(IterableDataset):
+    """Yields ``steps`` lists of problems, each drawn when its step starts."""
 
     def __init__(self, datamodule: "RLDataModule") -> None:
         self.dm = datamodule
@@ -62,11 +58,11 @@ class RolloutStream(IterableDataset):
 
     def __iter__(self):
         for _ in range(self.dm.steps):
-            yield self.dm.next_batch()
+            yield self.dm.draw_problems(self.dm.prompts_per_step)
 
 
 class RLDataModule(LightningDataModule):
-    """Streams trajectory groups for training and held-out problems for validation.
+    """Streams each RL step's training problems, and held-out problems for validation.
 
     Args:
         task: where problems and the reward come from.
@@ -87,28 +83,14 @@ class RLDataModule(LightningDataModule):
         self.task, self.prompts_per_step, self.steps = task, prompts_per_step, steps
         self.val_batch_size, self.seed = val_batch_size, seed
         self.order = PromptSampler(len(task.train_problems()), seed)
-        self.sampler: Sampler | None = None
-        self.estimator: Estimator | None = None
-
-    def setup(self, stage: str) -> None:
-        from ibpo_lightning.wiring import connect  # the wiring imports this module
-
-        connect(self.trainer, stage)  # the one place the run's parts are handed to each other
 
     def teardown(self, stage: str) -> None:
         """Stop the reward's worker processes (a later stage starts them again on first use)."""
         self.task.close()
 
-    def connect(self, sampler: Sampler, estimator: Estimator | None) -> None:
-        """The sampler that generates and the estimator that plans each step's batch (None when
-        only evaluating)."""
-        self.sampler, self.estimator = sampler, estimator
-        if estimator is not None:
-            estimator.problem_source = self.draw_problems
-
     def draw_problems(self, k: int) -> list[Problem]:
-        """The next ``k`` training problems of the checkpointed prompt order; estimators that need
-        more prompts than ``prompts_per_step`` (DAPO's dynamic sampling) draw them here."""
+        """This rank's share of the next ``k`` training problems of the checkpointed prompt order
+        (each step's, and the refills of dynamic sampling)."""
         problems = self.task.train_problems()
         replicas, rank = self._data_parallel()
         return [problems[i] for i in self.order.take(k * replicas)[rank::replicas]]
@@ -118,23 +100,8 @@ class RLDataModule(LightningDataModule):
         kwargs = getattr(self.trainer.strategy, "distributed_sampler_kwargs", None) if self.trainer else None
         return (kwargs["num_replicas"], kwargs["rank"]) if kwargs else (1, 0)
 
-    def next_batch(self) -> RolloutBatch:
-        """Sample, score and plan one RL step's batch with the current policy."""
-        batch = self.sampler.sample_groups(self.draw_problems(self.prompts_per_step), self.task.system_prompt)
-        start = time.perf_counter()
-        fresh, batch.trajectories = batch.trajectories, []
-        batch.add_scored(fresh, self.task)
-        batch.stats["time/reward"] = time.perf_counter() - start
-        start = time.perf_counter()
-        self.estimator.plan(batch, self.sampler, self.task)
-        batch.stats["time/estimator"] = time.perf_counter() - start
-        for kind, count in self.sampler.tokens_by_kind.items():
-            batch.stats[f"tokens/{kind}"] = float(count)
-        batch.stats["generate/prompt_tokens"] = float(self.sampler.prompt_tokens)
-        return batch.collate(self.sampler.tokenizer.pad_token_id)
-
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(RolloutStream(self), batch_size=None, num_workers=0)
+        return DataLoader(ProblemStream(self), batch_size=None, num_workers=0, collate_fn=list)
 
     def val_dataloader(self) -> DataLoader:
         held_out: list[Problem] = list(self.task.heldout_problems())

@@ -67,6 +67,7 @@ class CreditLocalisation(Callback):
                              f"{type(task).__name__} has none (use ibpo_lightning.tasks.ChainTask)")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        batch = outputs["rollout"]  # the step's RolloutBatch (``PolicyModule.training_step``)
         task, tokenizer = trainer.datamodule.task, pl_module.tokenizer
         shares, token_shares, aucs, records = [], [], [], []
         for i, t in enumerate(batch.trajectories):

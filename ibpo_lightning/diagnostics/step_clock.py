@@ -11,7 +11,7 @@ from lightning.pytorch import Callback
 
 class StepClock(Callback):
     """Logs ``time/step`` (wall time from the end of one training step to the end of the next:
-    sampling in the data stream, reward, estimator, training, weight sync), ``throughput/*`` in
+    sampling, reward, estimator, training, weight sync), ``throughput/*`` in
     tokens per second of that time, and the process's peak memory (``memory/*``, GiB).
 
     The first step also carries start-up work (engine warm-up, compilation): drop it when
@@ -27,6 +27,7 @@ class StepClock(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         now = time.perf_counter()
         elapsed, self.last = now - (self.last or now), now
+        batch = outputs["rollout"]  # the step's RolloutBatch (``PolicyModule.training_step``)
         generated = sum(v for k, v in batch.stats.items() if k.startswith("tokens/"))
         trained = float((batch.loss_weights > 0).sum()) if batch.loss_weights is not None else 0.0
         metrics = {"time/step": elapsed,

@@ -62,6 +62,10 @@ class ACPO(Estimator):
     """
 
     name = "acpo"
+    PROBES = "acpo/probes"
+    """``batch.notes`` key: the answer probes ``plan`` builds, ``(row, context, answer)``."""
+    STEP_SCORES = "acpo/step_scores"
+    """``batch.notes`` key: c_k of each probed row's steps (row -> K values), set by ``prepare``."""
 
     def __init__(
         self,
@@ -98,9 +102,6 @@ class ACPO(Estimator):
         self.stage1_band, self.stage2_band = tuple(stage1_band), tuple(stage2_band)
         self.curriculum_switch_step, self.confidence_weighting = curriculum_switch_step, confidence_weighting
         self.correct_threshold, self.normalize_std, self.eps = correct_threshold, normalize_std, eps
-        self.tokenizer = None
-        self.step_scores: dict[int, list[float]] | None = None
-        """Attribution c_k of each trained row's steps for the current batch (row -> K values)."""
 
     # -- plan: segmentation ------------------------------------------------------------------
     def boundaries(self, tokenizer, token_ids: list[int], logprobs: list[float]) -> tuple[int, ...]:
@@ -110,29 +111,36 @@ class ACPO(Estimator):
         return thin(tuple(sorted(cuts)), None if self.max_steps is None else self.max_steps - 1)
 
     def plan(self, batch, sampler, task) -> None:
-        self.tokenizer = sampler.tokenizer  # the probes of ``prepare`` encode the answer with it
         for t in batch.trajectories:
             t.step_boundaries = self.boundaries(sampler.tokenizer, t.response_ids, t.logprobs)
         batch.stats[f"{self.name}/steps_mean"] = sum(len(t.step_boundaries) + 1 for t in batch.trajectories) / max(len(batch), 1)
+        if self.attribution == "answer_logprob":  # ``prepare`` scores them
+            batch.notes[self.PROBES] = self.probes(batch, sampler.tokenizer)
 
-    # -- attribution: extra forward passes of the current policy, through the scorer ------------
-    def prepare(self, batch: RolloutBatch, scorer) -> None:
-        self.step_scores = self.attribute(batch, scorer) if self.attribution == "answer_logprob" else None
-
-    def attribute(self, batch: RolloutBatch, scorer) -> dict[int, list[float]]:
-        """c_k = L_k - L_{k-1} for every trained row, L_k the answer's log-prob after step k."""
-        tokenizer = self.tokenizer
+    def probes(self, batch: RolloutBatch, tokenizer) -> list[tuple[int, list[int], list[int]]]:
+        """``(row, context, answer)`` for every trained row and every step end (0 included): the
+        context is the prompt, the response up to that end and ``answer_cue``."""
         cue = tokenizer.encode(self.answer_cue, add_special_tokens=False)
-        probes, owners = [], []
+        out = []
         for i, t in enumerate(batch.trajectories):
             if not t.trained:
                 continue
             answer = tokenizer.encode(batch.answers[t.group], add_special_tokens=False)
-            for end in (0, *t.step_boundaries, len(t.response_ids)):
-                probes.append((t.prompt_ids + t.response_ids[:end] + cue, answer))
-                owners.append(i)
+            out += [(i, t.prompt_ids + t.response_ids[:end] + cue, answer)
+                    for end in (0, *t.step_boundaries, len(t.response_ids))]
+        return out
+
+    # -- attribution: extra forward passes of the current policy, through the scorer ------------
+    def prepare(self, batch: RolloutBatch, scorer) -> None:
+        if self.PROBES in batch.notes:
+            batch.notes[self.STEP_SCORES] = self.attribute(batch.notes[self.PROBES], scorer)
+
+    @staticmethod
+    def attribute(probes: list[tuple[int, list[int], list[int]]], scorer) -> dict[int, list[float]]:
+        """c_k = L_k - L_{k-1} for every probed row, L_k the answer's log-prob after step k."""
         levels: dict[int, list[float]] = {}
-        for i, total in zip(owners, scorer.sequences(probes)):
+        totals = scorer.sequences([(context, answer) for _, context, answer in probes])
+        for (i, _, _), total in zip(probes, totals):
             levels.setdefault(i, []).append(total)
         return {i: [b - a for a, b in zip(v, v[1:])] for i, v in levels.items()}
 
@@ -161,10 +169,9 @@ class ACPO(Estimator):
         for i in torch.nonzero(rows & in_band).squeeze(-1).tolist():
             t, span = batch.trajectories[i], batch.response_slice(i)
             steps = step_of_tokens(len(t.response_ids), t.step_boundaries).to(adv.device)
-            n_steps, scores = len(t.step_boundaries) + 1, (self.step_scores or {}).get(i)
+            n_steps, scores = len(t.step_boundaries) + 1, batch.notes.get(self.STEP_SCORES, {}).get(i)
             if scores is not None and len(scores) != n_steps:
-                raise ValueError(f"ACPO.step_scores of row {i} has {len(scores)} values for {n_steps} steps: "
-                                 "scores of another batch?")
+                raise ValueError(f"{self.STEP_SCORES} of row {i} has {len(scores)} values for {n_steps} steps")
             z = zscore(torch.tensor(scores, device=adv.device)) if scores else torch.zeros(n_steps, device=adv.device)
             sign = float(torch.sign(seq_adv[i]))
             adv[i, span] = adv[i, span] * attribution_factors(z, sign, self.attribution_coef)[steps]

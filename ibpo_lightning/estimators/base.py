@@ -2,22 +2,26 @@
 
 * ``plan(batch, sampler, task)``: optional; ask the sampler for extra generations (revisions,
   reset suffixes, Monte-Carlo probes), score them with the task and append them to the batch as
-  linked :class:`~ibpo_lightning.types.Trajectory` rows. Runs in the data stream, before the
-  batch is collated.
+  linked :class:`~ibpo_lightning.types.Trajectory` rows. Runs before the batch is collated.
 * ``needs_reference``: whether ``assign`` reads ``batch.ref_logprobs``; the module then builds
   the frozen reference and fills them once per step, through its scorer.
 * ``prepare(batch, scorer)``: optional; extra forward passes, only through the
   :class:`~ibpo_lightning.training.scorer.Scorer` (which makes them safe under every strategy).
 * ``assign(batch) -> (advantages [N, L], loss_weights [N, L])``: per-token credit.
 
-``prepare`` and ``assign`` run at the start of the module's ``training_step``. An estimator
-never touches a model or another component directly.
+All four are called, in this order, by one function: ``RLStep.run`` (``ibpo_lightning/step.py``).
+An estimator never touches a model or another component directly, and holds no per-batch state:
+what ``plan`` or ``prepare`` computes for ``assign`` travels in ``batch.notes``. State that must
+outlive a step (random generators, curricula, running statistics) is checkpointed by default:
+every ``random.Random`` attribute, and the attributes named in ``checkpointed``, are saved with
+the run (the callback's ``state_dict``) and restored on resume.
 """
 
 from __future__ import annotations
 
+import copy
+import random
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -27,7 +31,7 @@ from ibpo_lightning.types import RolloutBatch
 
 if TYPE_CHECKING:
     from ibpo_lightning.rollout.sampler import Sampler
-    from ibpo_lightning.tasks.base import Problem, Task
+    from ibpo_lightning.tasks.base import Task
     from ibpo_lightning.training.scorer import Scorer
 
 
@@ -40,9 +44,8 @@ class Estimator(Callback, ABC):
     group_relative: bool = True
     """Whether the method compares samples of one prompt (then a group needs >= 2 samples)."""
 
-    problem_source: Callable[[int], list["Problem"]] | None = None
-    """Draws the next k training problems of the run's prompt order; set by the wiring, for
-    estimators that sample groups of their own (DAPO's dynamic sampling)."""
+    checkpointed: tuple[str, ...] = ()
+    """Attributes (besides the ``random.Random`` ones, always saved) that a resumed run restores."""
 
     @property
     def needs_reference(self) -> bool:
@@ -58,6 +61,21 @@ class Estimator(Callback, ABC):
     @abstractmethod
     def assign(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token advantages and loss weights, both [N, L], zero on untrained tokens."""
+
+    # -- checkpoint state: a Lightning callback hook pair ---------------------------------------
+    def state_dict(self) -> dict:
+        """Every random generator's state and the ``checkpointed`` attributes."""
+        state = {name: value.getstate() for name, value in vars(self).items() if isinstance(value, random.Random)}
+        state.update({name: copy.deepcopy(getattr(self, name)) for name in self.checkpointed})
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        for name, value in state_dict.items():
+            current = getattr(self, name, None)
+            if isinstance(current, random.Random):
+                current.setstate(value)
+            elif name in self.checkpointed:
+                setattr(self, name, value)
 
     @staticmethod
     def trained_rows(batch: RolloutBatch) -> torch.Tensor:

@@ -85,6 +85,8 @@ class IBPO(Estimator):
     """
 
     name = "ibpo"
+    REVISION_WEIGHTS = "ibpo/revision_weights"
+    """``batch.notes`` key: w_t of each rerooted row (row -> [response length]), set by ``prepare``."""
 
     def __init__(
         self,
@@ -130,9 +132,7 @@ class IBPO(Estimator):
         self.repair_prompt, self.correct_threshold, self.eps = repair_prompt, correct_threshold, eps
         self.train_on_revision, self.revision_is_cap = train_on_revision, revision_is_cap
         self.repaired_credit = repaired_credit
-        self.rng = random.Random(seed)
-        self.revision_weights: dict[int, torch.Tensor] = {}
-        """w_t of the current batch's rerooted rows (row -> [response length]), set by ``prepare``."""
+        self.rng = random.Random(seed)  # checkpointed by the base class: a resume repeats the choices
 
     # -- plan: generate and verify repairs ---------------------------------------------------
     def references(self, row: int, siblings: list[int], correct: list[bool]) -> list[int]:
@@ -193,7 +193,7 @@ class IBPO(Estimator):
     # -- prepare: re-score rerooted repairs under both prompts -------------------------------
     def prepare(self, batch: RolloutBatch, scorer) -> None:
         if self.train_on_revision:  # on every rank alike, rows or not (FSDP passes must match)
-            self.revision_weights = score_rerooted(batch, scorer, self.revision_is_cap)
+            batch.notes[self.REVISION_WEIGHTS] = score_rerooted(batch, scorer, self.revision_is_cap)
 
     # -- assign: shaped group advantage times the edit mask ----------------------------------
     def edit_mask(self, wrong: Trajectory, repairs: list[Trajectory]) -> list[float]:
@@ -243,10 +243,9 @@ class IBPO(Estimator):
             adv[masked] = adv[masked].clamp(max=0.0)
         adv = adv.unsqueeze(-1) * token_mask * weights.gt(0)
         if self.train_on_revision:
-            used = revision_credit(batch, shaped, rows, self.revision_weights, adv, weights,
+            used = revision_credit(batch, shaped, rows, batch.notes.get(self.REVISION_WEIGHTS, {}), adv, weights,
                                    normalize_std=self.normalize_std, eps=self.eps,
                                    by_step=self.mask_granularity == "step")
-            self.revision_weights = {}  # consumed: never applied to another batch
             batch.stats[f"{self.name}/revision_rows"] = float(rerooted.sum())
             batch.stats[f"{self.name}/revision_is_weight"] = sum(used) / len(used) if used else 0.0
         return adv, weights

@@ -61,13 +61,6 @@ class ResetEstimator(Estimator):
         self.reset_temperature, self.correct_threshold, self.min_std = reset_temperature, correct_threshold, min_std
         self.rng = random.Random(seed)
 
-    def state_dict(self) -> dict:  # the random choices continue where they stopped on resume
-        return {"rng": self.rng.getstate()}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        if "rng" in state_dict:
-            self.rng.setstate(state_dict["rng"])
-
     @abstractmethod
     def reset_points(self, batch: RolloutBatch, parents: list[int], sampler, task) -> list[int]:
         """The reset thought N (1-based, within 1..thoughts) of each parent row."""

@@ -21,8 +21,8 @@ class HeldoutEvaluation:
     benchmarks.
 
     The module calls ``init_evaluation`` in its ``__init__`` (after ``LightningModule.__init__``)
-    and provides ``sampler`` (set by the wiring) and ``policy_version`` (optimizer updates so
-    far); the data module provides ``task`` and ``val_batch_size``.
+    and provides ``parts`` (the run's sampler and task, ``wiring.RunParts``) and
+    ``policy_version`` (optimizer updates so far); the data module provides ``val_batch_size``.
     """
 
     def init_evaluation(self, evaluation: EvalConfig | None, benchmarks: dict[str, Task] | None) -> None:
@@ -48,7 +48,7 @@ class HeldoutEvaluation:
         self._report("test")
 
     def _evaluate(self, problems) -> None:
-        right = self.evaluation.evaluate(self.sampler, self.heldout_name, self.trainer.datamodule.task, problems)
+        right = self.evaluation.evaluate(self.parts.sampler, self.heldout_name, self.parts.task, problems)
         self.val_accuracy.update(right.flatten())  # <split>/accuracy: the mean over all samples
 
     def _report(self, split: str) -> None:
@@ -56,7 +56,7 @@ class HeldoutEvaluation:
         for name, task in self.benchmarks.items():
             problems = list(task.test_problems() if split == "test" else task.heldout_problems())
             for start in range(0, len(problems), chunk):
-                self.evaluation.evaluate(self.sampler, name, task, problems[start : start + chunk])
+                self.evaluation.evaluate(self.parts.sampler, name, task, problems[start : start + chunk])
         accuracy = float(self.val_accuracy.compute())
         self.val_accuracy.reset()
         results = self.evaluation.compute()

@@ -1,4 +1,8 @@
-"""The rollout callback: builds the sampler, binds its engine to the policy, keeps weights in sync."""
+"""The rollout callback: builds the sampler, binds its engine to the policy, keeps weights in sync.
+
+It reads four things of the module it serves, the policy host's declared interface
+(``ibpo_lightning.host.PolicyHost``): ``policy``, ``tokenizer``, ``policy_version`` and
+``max_policy_lag``."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from lightning.pytorch import Callback
 
 from ibpo_lightning.models.lora import rollout_weights
 from ibpo_lightning.precision import compute_dtype
+from ibpo_lightning.rollout.dynamic import DynamicSampling
 from ibpo_lightning.rollout.engine import RolloutEngine
 from ibpo_lightning.rollout.sampler import Sampler
 from ibpo_lightning.rollout.vllm_engine import default_engine
@@ -27,6 +32,9 @@ class RolloutCallback(Callback):
         seed: seed of sampling. Each generate call is seeded from (seed, rank, policy version,
             kind, call number within the step), so a resumed run samples exactly what the
             uninterrupted run would have; None leaves the engine to its own random stream.
+        dynamic_sampling: drop groups whose samples all got the same reward and refill them from
+            fresh prompts (DAPO's dynamic sampling, for every estimator; see
+            ``rollout/dynamic.py``); None: off.
     """
 
     def __init__(
@@ -38,6 +46,7 @@ class RolloutCallback(Callback):
         top_p: float = 1.0,
         sync_every: int = 1,
         seed: int | None = 0,
+        dynamic_sampling: DynamicSampling | None = None,
     ) -> None:
         for name, value in (("group_size", group_size), ("max_new_tokens", max_new_tokens), ("sync_every", sync_every)):
             if value < 1:
@@ -46,7 +55,7 @@ class RolloutCallback(Callback):
             raise ValueError(f"rollout.temperature must be >= 0 (0: greedy), got {temperature}")
         if not 0.0 < top_p <= 1.0:
             raise ValueError(f"rollout.top_p must be in (0, 1], got {top_p}")
-        self.sync_every = sync_every
+        self.sync_every, self.dynamic_sampling = sync_every, dynamic_sampling
         self.sampler = Sampler(engine if engine is not None else default_engine(), group_size, max_new_tokens,
                                temperature, top_p, seed)
 

@@ -111,11 +111,6 @@ class SFTDataModule(LightningDataModule):
         self.task, self.batch_size, self.shuffle, self.val_batch_size = task, batch_size, shuffle, val_batch_size
         self.problems = task.sft_problems()[:limit]
 
-    def setup(self, stage: str) -> None:
-        from ibpo_lightning.wiring import connect_evaluation  # the wiring imports the data modules
-
-        connect_evaluation(self.trainer)
-
     def train_dataloader(self) -> DataLoader:
         kwargs = getattr(self.trainer.strategy, "distributed_sampler_kwargs", None) if self.trainer else None
         if kwargs and kwargs["num_replicas"] > 1:  # the same seed as Lightning's (seed_everything's)

@@ -7,25 +7,22 @@ tokens and padding carry none), summed over the batch's response tokens on every
 divided by their count, so gradient accumulation and data parallelism give exactly the
 one-process, one-pass loss. Passes go through the same :class:`~ibpo_lightning.training.scorer.Scorer`
 as RL (the FSDP2-registered ``token_logprobs``, the chunked output head, rank-matched pass
-counts). The model is built, sharded, evaluated and exported as in the RL module, so its
-``HFExport`` directory is a valid ``model.model`` of an RL config.
+counts). The model is built, sharded, clipped, evaluated, checkpointed and exported by the
+same policy host as the RL module (``host.py``), so its ``HFExport`` directory is a valid
+``model.model`` of an RL config.
 """
 
 from __future__ import annotations
 
-import math
-import warnings
-
 import torch
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 
-from ibpo_lightning.evaluation import EvalConfig, HeldoutEvaluation
+from ibpo_lightning.evaluation import EvalConfig
+from ibpo_lightning.host import PolicyHost
 from ibpo_lightning.models.lora import LoraConfig
-from ibpo_lightning.models.policy import build_models
 from ibpo_lightning.sft.data import Example, collate, encode_example, pack
 from ibpo_lightning.tasks.base import Task
-from ibpo_lightning.training import DataParallel, Scorer, with_warmup
+from ibpo_lightning.training import Scorer
 
 
 def response_nll(scorer: Scorer, examples: list[Example], pad_id: int, device) -> tuple[torch.Tensor, int]:
@@ -36,12 +33,11 @@ def response_nll(scorer: Scorer, examples: list[Example], pad_id: int, device) -
     return -(logp.float() * mask).sum(), ids.shape[1]
 
 
-class SFTModule(HeldoutEvaluation, LightningModule):
+class SFTModule(PolicyHost):
     """The policy trained on (prompt, worked solution) pairs with a response-only loss.
 
     The rollout callback (``rollout:``) samples evaluations and, for an engine that keeps its own
-    weights (vLLM), receives the weights after every update; it reads ``policy``, ``tokenizer``,
-    ``policy_version`` (updates so far) and ``max_policy_lag`` (0) as it does on ``PolicyModule``.
+    weights (vLLM), receives the weights after every update, through the host's interface.
 
     Args:
         model: a built-in model name, a local Hugging Face directory or a Hub id.
@@ -60,8 +56,6 @@ class SFTModule(HeldoutEvaluation, LightningModule):
         benchmarks: extra benchmarks evaluated beside the held-out split, by name.
     """
 
-    max_policy_lag = 0
-
     def __init__(
         self,
         model: str = "smollm2-135m-instruct",
@@ -77,47 +71,20 @@ class SFTModule(HeldoutEvaluation, LightningModule):
         evaluation: EvalConfig | None = None,
         benchmarks: dict[str, Task] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(model, optimizer, warmup_steps, micro_batch_size, micro_batch_tokens, logprob_chunk_tokens,
+                         max_grad_norm, gradient_checkpointing, param_dtype, lora, evaluation, benchmarks)
         self.save_hyperparameters(ignore=["benchmarks", "optimizer"])
-        self.automatic_optimization = False
-        if micro_batch_size < 1 or (micro_batch_tokens is not None and micro_batch_tokens < 1):
-            raise ValueError(f"model.micro_batch_size and model.micro_batch_tokens must be >= 1, got "
-                             f"{micro_batch_size} and {micro_batch_tokens}")
-        self.model_name, self.optimizer, self.warmup_steps = model, optimizer, warmup_steps
-        self.micro_batch_size, self.micro_batch_tokens = micro_batch_size, micro_batch_tokens
-        self.logprob_chunk_tokens, self.max_grad_norm = logprob_chunk_tokens, max_grad_norm
-        self.gradient_checkpointing, self.param_dtype, self.lora = gradient_checkpointing, param_dtype, lora
-        self.policy = self.tokenizer = self.scorer = self.sampler = None
-        self.policy_version = 0
-        self.skipped_updates = 0
-        self.init_evaluation(evaluation, benchmarks)
+        self.loss_scorer: Scorer | None = None
 
-    def connect(self, sampler, estimator=None) -> None:
-        """The sampler evaluation generates with; called once by the wiring (``connect_evaluation``)."""
-        self.sampler = sampler
-
-    def configure_model(self) -> None:
-        if self.policy is not None:
-            return
-        self.policy, _, self.tokenizer = build_models(
-            self.model_name, with_reference=False, lora=self.lora, gradient_checkpointing=self.gradient_checkpointing,
-            mesh=self.device_mesh, param_dtype=self.param_dtype)
-        world = self.trainer.world_size if self._trainer is not None else 1
+    def on_fit_start(self) -> None:
         # plain likelihood: temperature 1; prompts are not shared between rows
-        self.scorer = Scorer(self.policy, None, 1.0, self.micro_batch_size, self.micro_batch_tokens,
-                             DataParallel(world, self.policy), self.tokenizer.pad_token_id,
-                             share_prompts=False, chunk_tokens=self.logprob_chunk_tokens)
-
-    def configure_optimizers(self):
-        return with_warmup(self.policy, self.optimizer, self.warmup_steps)
-
-    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
-        return batch  # lists of problems; tensors are built per micro-batch on the policy's device
+        self.loss_scorer = self.make_scorer(1.0, share_prompts=False)
 
     # -- training: one optimizer update --------------------------------------------------------
     def training_step(self, problems, batch_idx: int) -> None:
-        examples = [encode_example(self.tokenizer, p, self.trainer.datamodule.task.system_prompt) for p in problems]
-        parallel, device = self.scorer.parallel, next(self.policy.parameters()).device
+        examples = [encode_example(self.tokenizer, p, self.parts.task.system_prompt) for p in problems]
+        scorer = self.loss_scorer
+        parallel, device = scorer.parallel, next(self.policy.parameters()).device
         tokens = parallel.reduce(sum(len(e.response_ids) for e in examples))  # every rank's response tokens
         normaliser = tokens / parallel.world  # gradients are averaged over ranks
         opt, sched = self.optimizers(), self.lr_schedulers()
@@ -125,37 +92,22 @@ class SFTModule(HeldoutEvaluation, LightningModule):
         nll, padded, finite = 0.0, 0, True
         for micro in parallel.pad(pack(examples, self.micro_batch_size, self.micro_batch_tokens)):
             if micro is None:  # match another rank's pass count
-                self.manual_backward(self.scorer.empty_pass())
+                self.manual_backward(scorer.empty_pass())
                 continue
-            summed, width = response_nll(self.scorer, micro, self.tokenizer.pad_token_id, device)
+            summed, width = response_nll(scorer, micro, self.tokenizer.pad_token_id, device)
             loss = summed / normaliser
             finite = finite and bool(torch.isfinite(loss))
             self.manual_backward(loss)
             nll += float(summed.detach())
             padded += len(micro) * width
-        norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm or math.inf)
-        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # a DTensor under FSDP2
-        if parallel.reduce(not (finite and torch.isfinite(norm)), "max"):  # one rank's bad update is every rank's
-            opt.zero_grad(set_to_none=True)
-            self.skipped_updates += 1
-            warnings.warn(f"step {self.policy_version}: non-finite loss or gradient; update skipped", RuntimeWarning)
-        else:
-            opt.step()
+        norm = self.clip_and_step(opt, parallel, None if finite else "loss")
         sched.step()
         self.policy_version += 1
         loss = parallel.reduce(nll) / max(tokens, 1.0)  # mean NLL per response token, over every rank
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False, logger=False)
-        self.log_dict({"train/loss": loss, "train/grad_norm": float(norm), "train/lr": sched.get_last_lr()[0],
+        self.log_dict({"train/loss": loss, "train/grad_norm": float("nan") if norm is None else norm,
+                       "train/lr": sched.get_last_lr()[0],
                        "train/response_tokens": tokens, "train/tokens_padded": float(padded),
                        "train/skipped_updates": float(self.skipped_updates),
                        "policy_version": float(self.policy_version)},
                       on_step=True, on_epoch=False, batch_size=len(problems))
-
-    # -- checkpoint state ----------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["policy_version"], checkpoint["skipped_updates"] = self.policy_version, self.skipped_updates
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.configure_model()
-        self.policy_version = checkpoint.get("policy_version", 0)
-        self.skipped_updates = checkpoint.get("skipped_updates", 0)

@@ -36,26 +36,27 @@ class PolicyUpdate:
         mini_batches: optimizer updates per pass.
         max_grad_norm: clipping threshold (None: none; the norm is still reported).
         tis_cap: truncation of the engine -> trainer importance ratio, applied when ``lag_corrected``.
+        clip_and_step: ``clip_and_step(opt, parallel, bad) -> grad norm or None``: clip and step, or skip an update
+            whose loss (``bad`` names it) or gradient is not finite on some rank
+            (``PolicyHost.clip_and_step``); None: plain clipping at ``max_grad_norm`` and skipping.
     """
 
     def __init__(self, loss: PolicyLoss, scorer: Scorer, backward: Callable, ppo_epochs: int = 1,
                  mini_batches: int = 1, max_grad_norm: float | None = 1.0, tis_cap: float = 2.0,
-                 lag_corrected: bool = False) -> None:
+                 lag_corrected: bool = False, clip_and_step: Callable | None = None) -> None:
         self.loss, self.scorer, self.backward = loss, scorer, backward
         self.ppo_epochs, self.mini_batches, self.max_grad_norm = ppo_epochs, mini_batches, max_grad_norm
         self.tis_cap, self.lag_corrected = tis_cap, lag_corrected
-        self.skipped_updates = 0
-        self.empty_steps = 0
+        self.clip_and_step = clip_and_step or self._clip_and_step
         self.tokens_real = self.tokens_padded = 0
         """Tokens of this step's forward/backward passes, without and with padding."""
 
-    def run(self, batch: RolloutBatch, opt, sched, step: int, lag: int = 0) -> dict[str, float]:
+    def run(self, batch: RolloutBatch, opt, sched, lag: int = 0) -> dict[str, float]:
         """All updates of ``batch``: averaged loss statistics, the log-prob mismatch, counters, and
         the seconds of the old-policy pass (``time/logprobs``) and of the updates (``time/train``)."""
         parallel = self.scorer.parallel
         rows = [i for i in range(len(batch)) if bool(batch.loss_weights[i].any())]
-        if parallel.reduce(len(rows), "max") == 0:  # every group solved or hopeless: nothing to learn
-            self.empty_steps += 1
+        empty = parallel.reduce(len(rows), "max") == 0  # every group solved or hopeless: nothing to learn
         busy = set(rows if self.loss.kl_coef > 0 else [i for i in rows if bool(batch.advantages[i].any())])
         several = self.ppo_epochs * self.mini_batches > 1  # then old log-probs are the trainer's, before the update
         start = time.perf_counter()
@@ -68,7 +69,7 @@ class PolicyUpdate:
         for epoch in range(self.ppo_epochs):
             for mini in minis:
                 mini = mini or []
-                stats = self._update(batch, mini, [i for i in mini if i in busy], old, opt, step,
+                stats = self._update(batch, mini, [i for i in mini if i in busy], old, opt,
                                      mismatch if epoch == 0 else None)
                 if stats is None:
                     continue
@@ -79,11 +80,11 @@ class PolicyUpdate:
         out = {f"train/{k}": v / max(updates, 1) for k, v in totals.items()}
         out.update({"train/tokens_real": float(self.tokens_real), "train/tokens_padded": float(self.tokens_padded)})
         out.update(mismatch.metrics(lag))
-        out.update({"train/skipped_updates": float(self.skipped_updates), "train/empty_steps": float(self.empty_steps),
+        out.update({"train/empty_step": float(empty), "train/updates": float(updates),
                     "time/logprobs": logprob_time, "time/train": time.perf_counter() - start})
         return out
 
-    def _update(self, batch, rows, busy, old, opt, step, mismatch) -> dict[str, float] | None:
+    def _update(self, batch, rows, busy, old, opt, mismatch) -> dict[str, float] | None:
         """One optimizer update over ``rows`` (passes on ``busy`` only); None if skipped."""
         parallel = self.scorer.parallel
         local = self.loss.normaliser(batch.loss_weights[rows]) if rows else 0.0
@@ -115,21 +116,21 @@ class PolicyUpdate:
             st.entropy = float((entropy * w.gt(0)).sum() / w.gt(0).sum().clamp(min=1))
             for k, v in vars(st).items():
                 stats[k] = _MERGE.get(k, float.__add__)(stats[k], v) if k in stats else v
+        norm = self.clip_and_step(opt, parallel, bad)
+        if norm is None:  # skipped on every rank
+            return None
+        out = {k: v / max(n_micro, 1) if k in _AVERAGED else v for k, v in stats.items()}
+        out["grad_norm"] = norm
+        return out
+
+    def _clip_and_step(self, opt, parallel, bad: str | None) -> float | None:
+        """Clip at ``max_grad_norm`` and step; skip (with a warning) a non-finite update."""
         policy = self.scorer.model("policy")
         norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), self.max_grad_norm or math.inf)
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # a DTensor under FSDP2
-        if bad is None and not torch.isfinite(norm):
-            bad = "gradient"
-        if parallel.reduce(bad is not None, "max"):  # one rank's bad update is every rank's
-            return self._skip(opt, step, bad or "loss or gradient on another rank")
+        if parallel.reduce(bad is not None or not bool(torch.isfinite(norm)), "max"):
+            opt.zero_grad(set_to_none=True)
+            warnings.warn("non-finite loss or gradient; update skipped", RuntimeWarning, stacklevel=3)
+            return None
         opt.step()
-        out = {k: v / max(n_micro, 1) if k in _AVERAGED else v for k, v in stats.items()}
-        out["grad_norm"] = float(norm)
-        return out
-
-    def _skip(self, opt, step: int, what: str) -> None:
-        opt.zero_grad(set_to_none=True)
-        self.skipped_updates += 1
-        warnings.warn(f"step {step}: non-finite {what}; update skipped "
-                      f"({self.skipped_updates} skipped so far)", RuntimeWarning, stacklevel=3)
-        return None
+        return float(norm)
