@@ -100,7 +100,7 @@ class RLStep:
         for key, value in self.update.run(batch, opt, sched, lag).items():
             metrics[key] = metrics.get(key, 0.0) + value  # time/logprobs: the reference's and the old policy's
         metrics["logprobs/tokens"] = float(self.scorer.tokens_scored)
-        return StepResult(batch, metrics, noise)
+        return StepResult(batch, parallel.same_keys(metrics), noise)
 
     def _gradient_noise(self, batch: RolloutBatch, version: int) -> dict[str, float]:
         due = self.grad_noise_every and version % self.grad_noise_every == 0

@@ -6,9 +6,11 @@
 Under ``torch.distributed.run`` every rank runs the same loop; Lightning finds the launcher's
 environment and joins its process group, so the runs share one launch. Naming overlays (file stems)
 runs only those. Each rank appends one JSON line per estimator to ``OUT/rank<r>.jsonl``: the
-overlay, the strategy, the policy version after the step, the reward, the estimator's own
-metrics, whether a reference model was built, the safetensors ``HFExport`` wrote, and the error if
-the run failed (the loop goes on to the next overlay).
+overlay, the strategy, the policy version after the step, the reward, the learning signal (the
+mean absolute advantage on weighted tokens, the gradient norm, whether the weights moved), the
+estimator's own and the dynamic-sampling metrics, whether a reference model was built, the
+safetensors ``HFExport`` wrote, and the error if the run failed (the loop goes on to the next
+overlay).
 """
 
 from __future__ import annotations
@@ -41,11 +43,16 @@ def main() -> None:
                            "--trainer.enable_progress_bar=false", "--trainer.logger=false",
                            "--trainer.num_sanity_val_steps=0", "--trainer.limit_val_batches=0",
                            "--trainer.enable_model_summary=false",
-                           "--trainer.callbacks+=ibpo_lightning.export.HFExport"])
+                           "--trainer.callbacks+=ibpo_lightning.export.HFExport",
+                           "--trainer.callbacks+=tests.helpers.WeightMotion"])
             metrics = cli.trainer.callback_metrics
             own = f"{cli.model.estimator.name}/"
+            motion = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "WeightMotion")
             row.update(version=cli.model.policy_version, reward=float(metrics["train/reward_mean"]),
+                       adv_abs_mean=float(metrics["train/adv_abs_mean"]), grad_norm=float(metrics["train/grad_norm"]),
+                       moved=motion.moved,
                        estimator_metrics={k: float(v) for k, v in metrics.items() if k.startswith(own)},
+                       dynamic={k: float(v) for k, v in metrics.items() if k.startswith("dynamic/")},
                        credit={k: float(v) for k, v in metrics.items() if k.startswith("credit/")},
                        reference=cli.model.reference is not None, world=cli.trainer.world_size,
                        strategy=type(cli.trainer.strategy).__name__,

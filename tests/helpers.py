@@ -178,3 +178,27 @@ class LastRollout(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.batch = outputs["rollout"]
+
+
+class WeightMotion(Callback):
+    """Whether training changed the policy's weights: checksums at the start and the end of ``fit``
+    (collectives under FSDP2, so every rank computes them); ``moved`` is the verdict."""
+
+    def __init__(self) -> None:
+        self.before = self.after = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        import torch
+
+        with torch.no_grad():
+            self.before = _checksum(pl_module.policy.named_parameters())
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        import torch
+
+        with torch.no_grad():
+            self.after = _checksum(pl_module.policy.named_parameters())
+
+    @property
+    def moved(self) -> bool:
+        return self.before is not None and self.after is not None and self.before != self.after

@@ -1,12 +1,15 @@
 """The composition matrix: every estimator overlay in ``configs/estimators/`` x {one process, DDP on
 2 processes, FSDP2 on 2 processes}, one RL step each through the real CLI on the tiny model, with
-``HFExport`` writing the policy at the end of every run (a collective gather under FSDP2).
+``HFExport`` writing the policy at the end of every run (a collective gather under FSDP2). The task
+is ``ParityTask``, whose toy reward gives the tiny random model mixed rewards, so every cell must
+show a learning signal: non-zero advantages, a finite non-zero gradient, weights that moved.
 
 One launch per strategy (``tests/composition_driver.py`` loops over the overlays inside it)."""
 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +34,7 @@ LAUNCH = {
 def test_every_estimator_runs_a_step_and_exports_under(strategy, tmp_path):
     launcher, overlay, strategy_class, world = LAUNCH[strategy]
     command = [sys.executable, *launcher, "tests/composition_driver.py", str(tmp_path), "--", *overlay,
-               "--trainer.accelerator=cpu"]
+               "--trainer.accelerator=cpu", "--data.task=tests.helpers.ParityTask", "--data.task.num_train=64"]
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     for rank in range(world):
@@ -43,6 +46,12 @@ def test_every_estimator_runs_a_step_and_exports_under(strategy, tmp_path):
             assert row["version"] >= 1
             assert row["reference"] is (row["estimator"] in NEEDS_REFERENCE)
             assert row["exported"] == ["model.safetensors"]
+            cell = f"{row['estimator']} under {strategy}"
+            assert row["adv_abs_mean"] > 0, f"{cell}: no token carried an advantage"
+            assert math.isfinite(row["grad_norm"]) and row["grad_norm"] > 0, f"{cell}: gradient {row['grad_norm']}"
+            assert row["moved"], f"{cell}: the weights did not move"
+        dapo = next(r for r in rows if r["estimator"] == "dapo")
+        assert dapo["dynamic"]["dynamic/groups_kept"] == 2.0  # its dynamic sampling filled the batch
 
 
 def _one_step(strategy: str, tmp_path: Path, port_shift: int, estimator: str, *args: str) -> list[dict]:
@@ -72,6 +81,18 @@ def test_ibpo_revision_rows_train_under(strategy, tmp_path):
                      "--data.task.num_train=64")
     for row in rows:
         assert row["estimator_metrics"]["ibpo/revision_rows"] > 0  # averaged over ranks
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_dynamic_sampling_with_ibpo_under(strategy, tmp_path):
+    """Dynamic sampling on 2 processes: the ranks refill different numbers of groups but agree on
+    the rounds (a disagreement would hang the launch), and each fills its batch."""
+    rows = _one_step(strategy, tmp_path, 40, "ibpo", "--rollout.dynamic_sampling.max_rounds=8",
+                     "--data.task=tests.helpers.ParityTask", "--data.task.num_train=64")
+    for row in rows:
+        assert row["dynamic"]["dynamic/groups_kept"] == 2.0  # averaged over ranks: 2 on each
+        assert row["adv_abs_mean"] > 0 and row["moved"]
 
 
 @pytest.mark.slow

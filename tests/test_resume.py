@@ -1,5 +1,7 @@
 """Exact resume: a run killed with SIGKILL and resumed from its last checkpoint continues with the
-same prompts, the same samples and the same loss as the uninterrupted run."""
+same prompts, the same samples and the same loss as the uninterrupted run: for GRPO and for every
+estimator that keeps state of its own (IBPO's and RRPO's generators), with dynamic sampling (DAPO,
+and IBPO under DDP), under FSDP2, and with the vLLM engine."""
 
 from __future__ import annotations
 
@@ -94,13 +96,35 @@ def _assert_resume_repeats(killed: Path, reference: dict[int, dict], *est: str) 
 
 
 FSDP2 = ["-c", "configs/strategies/fsdp2.yaml", "--trainer.accelerator", "cpu"]
+DDP = ["-c", "configs/strategies/ddp.yaml", "--trainer.accelerator", "cpu"]
 GRPO = ["--estimator", "ibpo_lightning.estimators.GRPO"]
+# the tiny config's own IBPO, one repair per group: the reference and the repaired pair are drawn
+# from the estimator's generator, which the checkpoint must carry
+IBPO = ["--estimator.init_args.max_repairs_per_group", "1"]
+VLLM = ["--model.model", "smollm2-135m-instruct", "--rollout.engine", "ibpo_lightning.rollout.VLLMEngine",
+        "--rollout.engine.max_model_len", "512", "--trainer.precision", "bf16-mixed"]
+SETTINGS = {
+    "grpo": GRPO,
+    "ibpo-correct_first": IBPO + ["--estimator.init_args.ref_policy", "correct_first"],
+    "ibpo-random": IBPO + ["--estimator.init_args.ref_policy", "random"],
+    "rrpo": ["-c", "configs/estimators/rrpo.yaml"],
+    "dapo-dynamic_sampling": ["-c", "configs/estimators/dapo.yaml"],
+    "ibpo-dynamic_sampling-ddp": IBPO + ["--rollout.dynamic_sampling.max_rounds", "4"] + DDP,
+    "grpo-fsdp2": GRPO + FSDP2,
+    "ibpo-fsdp2": IBPO + ["--estimator.init_args.ref_policy", "random"] + FSDP2,
+    "ibpo-vllm": IBPO + ["--estimator.init_args.ref_policy", "random"] + VLLM,
+}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("setting", ["grpo", "rrpo", "grpo-fsdp2"])
+@pytest.mark.parametrize("setting", list(SETTINGS))
 def test_kill_and_resume_repeats_the_uninterrupted_run(tmp_path, setting):
-    est = {"grpo": GRPO, "rrpo": ["-c", "configs/estimators/rrpo.yaml"], "grpo-fsdp2": GRPO + FSDP2}[setting]
+    if setting.endswith("vllm"):
+        from ibpo_lightning.rollout import vllm_available
+
+        if not vllm_available():
+            pytest.skip("vLLM is not installed")
+    est = SETTINGS[setting]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     whole.mkdir(), killed.mkdir()
     reference = _reference(whole, *est)

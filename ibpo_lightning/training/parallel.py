@@ -32,6 +32,16 @@ class DataParallel:
         dist.all_reduce(total, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
         return float(total)
 
+    def same_keys(self, metrics: dict[str, float]) -> dict[str, float]:
+        """``metrics`` with every key any rank has (0 where this rank has none): a rank-synced
+        log runs one collective per key, so the ranks must log the same keys (one rank may
+        generate a kind of tokens, or an estimator statistic, that another does not)."""
+        if self.world == 1:
+            return metrics
+        keys: list = [None] * self.world
+        torch.distributed.all_gather_object(keys, sorted(metrics))
+        return {**{k: 0.0 for ks in keys for k in ks}, **metrics}
+
     def pad(self, chunks: list) -> list:
         """``chunks`` followed by ``None`` up to the largest count on any rank."""
         return chunks + [None] * (int(self.reduce(len(chunks), "max")) - len(chunks))
