@@ -27,7 +27,7 @@ from ibpo_lightning.models.lora import LoraConfig, base_model
 from ibpo_lightning.models.policy import build_models
 from ibpo_lightning.rng import rng_states, set_rng_states
 from ibpo_lightning.tasks.base import Task
-from ibpo_lightning.training import DataParallel, Scorer, with_warmup
+from ibpo_lightning.training import DataParallel, MemoryConfig, Scorer, with_warmup
 from ibpo_lightning.wiring import RunParts, run_parts
 
 
@@ -42,23 +42,13 @@ class PolicyHost(HeldoutEvaluation, LightningModule):
     trains_with_credit: bool = False
     """Whether ``fit`` needs an estimator and a data module that draws problems (RL)."""
 
-    def __init__(self, model: str, optimizer: OptimizerCallable | None, warmup_steps: int, micro_batch_size: int,
-                 micro_batch_tokens: int | None, logprob_chunk_tokens: int | None, max_grad_norm: float | None,
-                 gradient_checkpointing: bool, param_dtype: str | None, lora: LoraConfig | None,
-                 evaluation: EvalConfig | None, benchmarks: dict[str, Task] | None,
-                 offload_reference: bool = False) -> None:
+    def __init__(self, model: str, optimizer: OptimizerCallable | None, warmup_steps: int,
+                 max_grad_norm: float | None, memory: MemoryConfig, lora: LoraConfig | None,
+                 evaluation: EvalConfig | None, benchmarks: dict[str, Task] | None) -> None:
         super().__init__()
         self.automatic_optimization = False
-        if micro_batch_size < 1 or (micro_batch_tokens is not None and micro_batch_tokens < 1):
-            raise ValueError(f"model.micro_batch_size and model.micro_batch_tokens must be >= 1, got "
-                             f"{micro_batch_size} and {micro_batch_tokens}")
-        if logprob_chunk_tokens is not None and logprob_chunk_tokens < 1:
-            raise ValueError(f"model.logprob_chunk_tokens must be >= 1 or null, got {logprob_chunk_tokens}")
         self.model_name, self.optimizer, self.warmup_steps = model, optimizer, warmup_steps
-        self.micro_batch_size, self.micro_batch_tokens = micro_batch_size, micro_batch_tokens
-        self.logprob_chunk_tokens, self.max_grad_norm = logprob_chunk_tokens, max_grad_norm
-        self.gradient_checkpointing, self.param_dtype, self.lora = gradient_checkpointing, param_dtype, lora
-        self.offload_reference = offload_reference
+        self.max_grad_norm, self.memory, self.lora = max_grad_norm, memory, lora
         self.policy = self.reference = self.tokenizer = None
         self.num_parameters = 0.0
         self.policy_version = 0
@@ -99,18 +89,20 @@ class PolicyHost(HeldoutEvaluation, LightningModule):
                 "outside the root module's forward, which FSDP1 does not gather for. Use "
                 "-c configs/strategies/fsdp2.yaml (ModelParallelStrategy with FSDP2) instead"
             )
+        memory = self.memory
         self.policy, self.reference, self.tokenizer = build_models(
             self.model_name, with_reference=self.needs_reference, lora=self.lora,
-            gradient_checkpointing=self.gradient_checkpointing, mesh=self.device_mesh,
-            param_dtype=self.param_dtype, offload_reference=self.offload_reference)
+            gradient_checkpointing=memory.gradient_checkpointing, mesh=self.device_mesh,
+            param_dtype=memory.param_dtype, offload_reference=memory.offload_reference)
         # parameters of the forward pass (adapters included, a tied head once): the FLOP count's base
         self.num_parameters = float(sum(p.numel() for p in base_model(self.policy).parameters()))
 
     def make_scorer(self, temperature: float, share_prompts: bool) -> Scorer:
         """A scorer of this host's models over the trainer's data-parallel ranks."""
-        return Scorer(self.policy, self.reference, temperature, self.micro_batch_size, self.micro_batch_tokens,
+        memory = self.memory
+        return Scorer(self.policy, self.reference, temperature, memory.micro_batch_size, memory.micro_batch_tokens,
                       DataParallel(self.trainer.world_size, self.policy), self.tokenizer.pad_token_id,
-                      share_prompts=share_prompts, chunk_tokens=self.logprob_chunk_tokens)
+                      share_prompts=share_prompts, chunk_tokens=memory.logprob_chunk_tokens)
 
     def configure_optimizers(self):
         return with_warmup(self.policy, self.optimizer, self.warmup_steps)

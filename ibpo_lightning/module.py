@@ -19,7 +19,7 @@ from ibpo_lightning.models.lora import LoraConfig
 from ibpo_lightning.precision import compute_dtype
 from ibpo_lightning.step import RLStep
 from ibpo_lightning.tasks.base import Problem, Task
-from ibpo_lightning.training import PolicyUpdate
+from ibpo_lightning.training import MemoryConfig, PolicyUpdate, UpdateConfig
 
 
 class PolicyModule(PolicyHost):
@@ -31,29 +31,12 @@ class PolicyModule(PolicyHost):
         optimizer: the optimizer, as a ``class_path`` with ``init_args`` (LightningCLI's optimizer
             injection); None: ``AdamW(lr=1e-5)``.
         warmup_steps: linear learning-rate warm-up, in optimizer updates.
-        ppo_epochs: passes over each rollout batch.
-        mini_batches: optimizer updates per pass (groups are split evenly between them).
-        micro_batch_size: rows per forward/backward; whole groups are packed up to this size.
-        micro_batch_tokens: also cap each micro-batch at this many padded tokens (rows x longest
-            row), so long responses get fewer rows per pass (None: rows only).
-        logprob_chunk_tokens: the output head scores at most this many positions at a time and
-            recomputes their logits in the backward pass, so no pass holds [positions x
-            vocabulary] logits for more positions than this (None: all positions at once).
         max_grad_norm: gradient clipping threshold (None = no clipping, the norm is still logged).
-        gradient_checkpointing: trade compute for memory in the policy's forward pass.
-        param_dtype: under ``ModelParallelStrategy`` (FSDP2), the dtype parameters are gathered
-            and computed in (``bfloat16``: mixed precision, gradients reduced in float32).
-        offload_reference: under FSDP2, keep the frozen reference's shards in CPU memory (GPU).
+        memory: micro-batches, chunked output head, checkpointing, FSDP2 dtype and offload.
         lora: train LoRA adapters instead of every weight (None: full fine-tuning); the engine
             receives merged weights.
-        max_policy_lag: how many updates older than the policy a batch's sampler may be; 0 refuses
-            any stale batch.
-        tis: weight advantages by the truncated importance ratio ``min(pi_trainer / pi_engine,
-            tis_cap)`` of each token, correcting for an engine that samples from a different
-            distribution than the trainer scores; None: on where the engine may differ (a
-            ``max_policy_lag`` above 0, or half-precision training, where engine and trainer
-            round differently), off otherwise.
-        tis_cap: truncation of that importance ratio.
+        update: PPO epochs and mini-batches per rollout batch, the allowed policy lag and its
+            importance correction.
         evaluation: how validation and ``ibpo test`` sample and score.
         benchmarks: extra benchmarks evaluated beside the held-out split, by name: each task's
             held-out problems (test problems in ``ibpo test``), logged as ``val/<name>/pass@k``
@@ -70,38 +53,28 @@ class PolicyModule(PolicyHost):
         loss: PolicyLoss | None = None,
         optimizer: OptimizerCallable | None = None,
         warmup_steps: int = 0,
-        ppo_epochs: int = 1,
-        mini_batches: int = 1,
-        micro_batch_size: int = 16,
-        micro_batch_tokens: int | None = None,
-        logprob_chunk_tokens: int | None = 1024,
         max_grad_norm: float | None = 1.0,
-        gradient_checkpointing: bool = False,
-        param_dtype: str | None = None,
-        offload_reference: bool = False,
+        memory: MemoryConfig | None = None,
         lora: LoraConfig | None = None,
-        max_policy_lag: int = 0,
-        tis: bool | None = None,
-        tis_cap: float = 2.0,
+        update: UpdateConfig | None = None,
         evaluation: EvalConfig | None = None,
         benchmarks: dict[str, Task] | None = None,
         grad_noise_every: int = 0,
     ) -> None:
-        super().__init__(model, optimizer, warmup_steps, micro_batch_size, micro_batch_tokens, logprob_chunk_tokens,
-                         max_grad_norm, gradient_checkpointing, param_dtype, lora, evaluation, benchmarks,
-                         offload_reference)
+        super().__init__(model, optimizer, warmup_steps, max_grad_norm, memory or MemoryConfig(), lora, evaluation,
+                         benchmarks)
         # tasks hold data, the optimizer is a callable: neither goes into every checkpoint
         self.save_hyperparameters(ignore=["benchmarks", "optimizer"])
         self.loss = loss if loss is not None else PolicyLoss()
-        self.ppo_epochs, self.mini_batches = ppo_epochs, mini_batches
-        if max_policy_lag < 0 or tis_cap <= 0:
-            raise ValueError(f"model.max_policy_lag must be >= 0 and model.tis_cap > 0, got "
-                             f"{max_policy_lag} and {tis_cap}")
-        self.max_policy_lag, self.tis, self.tis_cap = max_policy_lag, tis, tis_cap
+        self.update_config = update or UpdateConfig()
         self.grad_noise_every = grad_noise_every
         self.empty_steps = 0
         self.rl_step: RLStep | None = None
         """Built at the start of ``fit`` from the run's parts (``on_fit_start``)."""
+
+    @property
+    def max_policy_lag(self) -> int:
+        return self.update_config.max_policy_lag
 
     @property
     def estimator(self):
@@ -118,10 +91,10 @@ class PolicyModule(PolicyHost):
         was restored): the scorer scores at the sampler's temperature over the trainer's ranks."""
         parts = self.parts
         scorer = self.make_scorer(parts.sampler.scoring_temperature, share_prompts=self.device_mesh is None)
-        half = compute_dtype(self.trainer.precision) != torch.float32
-        tis = self.tis if self.tis is not None else self.max_policy_lag > 0 or half
-        update = PolicyUpdate(self.loss, scorer, self.manual_backward, self.ppo_epochs, self.mini_batches,
-                              self.max_grad_norm, self.tis_cap, lag_corrected=tis, clip_and_step=self.clip_and_step)
+        cfg, half = self.update_config, compute_dtype(self.trainer.precision) != torch.float32
+        tis = cfg.tis if cfg.tis is not None else cfg.max_policy_lag > 0 or half
+        update = PolicyUpdate(self.loss, scorer, self.manual_backward, cfg.ppo_epochs, cfg.mini_batches,
+                              self.max_grad_norm, cfg.tis_cap, lag_corrected=tis, clip_and_step=self.clip_and_step)
         self.rl_step = RLStep(parts, scorer, update, self.needs_reference, self.max_policy_lag, self.grad_noise_every)
 
     # -- training: one RL step ---------------------------------------------------------------

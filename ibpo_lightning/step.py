@@ -73,7 +73,7 @@ class RLStep:
         if not 0 <= lag <= self.max_policy_lag:
             raise StaleEngineError(
                 f"the engine holds policy version {sampler.engine_version}, but the policy is at {version} "
-                f"(model.max_policy_lag={self.max_policy_lag}): the engine missed a weight sync")
+                f"(model.update.max_policy_lag={self.max_policy_lag}): the engine missed a weight sync")
         sampler.policy_version = version  # keys the seeds: a resumed step samples what it sampled before
         self.scorer.tokens_scored = 0
         batch = sampler.sample_groups(problems, task.system_prompt)

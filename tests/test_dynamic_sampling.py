@@ -9,6 +9,7 @@ from lightning.pytorch import Trainer
 from ibpo_lightning.data import RLDataModule
 from ibpo_lightning.estimators import GRPO, IBPO
 from ibpo_lightning.module import PolicyModule
+from ibpo_lightning.training import MemoryConfig
 from ibpo_lightning.rollout import HFEngine, RolloutCallback
 from ibpo_lightning.rollout.dynamic import DynamicSampling, add_groups
 from ibpo_lightning.rollout.engine import Sample
@@ -105,7 +106,7 @@ def test_bad_settings_are_refused(bad):
 
 @pytest.mark.parametrize("estimator", [GRPO, lambda: IBPO(n_refs=1)], ids=["grpo", "ibpo"])
 def test_every_estimator_trains_on_varied_groups_drawn_from_the_prompt_order(tmp_path, estimator):
-    module = PolicyModule(model="tiny-random-llama", optimizer=adamw(1e-3), micro_batch_size=8)
+    module = PolicyModule(model="tiny-random-llama", optimizer=adamw(1e-3), memory=MemoryConfig(micro_batch_size=8))
     data = RLDataModule(ParityTask(num_train=32, num_heldout=4), prompts_per_step=2, steps=2)
     last = LastRollout()
     rollout = RolloutCallback(HFEngine(), group_size=4, max_new_tokens=6, dynamic_sampling=DynamicSampling(8))

@@ -21,6 +21,7 @@ from ibpo_lightning.estimators import DAPO, GRPO, ReinforcePP
 from ibpo_lightning.estimators.functional import discounted_returns, masked_whiten, overlong_penalty
 from ibpo_lightning.losses import PolicyLoss, token_logprobs
 from ibpo_lightning.module import PolicyModule
+from ibpo_lightning.training import MemoryConfig
 from ibpo_lightning.rollout import HFEngine, RolloutCallback
 from tests.helpers import LastRollout, ParityTask, adamw, batch_of, traj
 
@@ -86,7 +87,7 @@ def test_dapo_rejects_bad_arguments(bad):
 
 def tiny_setup(tmp_path, estimator, steps=1):
     """A hand-built trainer's run; the module, and the last step's batch."""
-    module = PolicyModule(model="tiny-random-llama", optimizer=adamw(1e-3), micro_batch_size=4)
+    module = PolicyModule(model="tiny-random-llama", optimizer=adamw(1e-3), memory=MemoryConfig(micro_batch_size=4))
     data = RLDataModule(ParityTask(num_train=32, num_heldout=4), prompts_per_step=2, steps=steps)
     last = LastRollout()
     trainer = Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
@@ -192,7 +193,7 @@ def test_two_step_fit_through_the_cli(tmp_path, name, stat):
     if stat is not None:
         assert stat in metrics
     if name == "gspo":
-        assert cli.model.loss.ratio == "sequence" and cli.model.mini_batches == 4
+        assert cli.model.loss.ratio == "sequence" and cli.model.update_config.mini_batches == 4
 
 
 def test_dapo_fit_through_the_cli_keeps_groups_with_variance(tmp_path):

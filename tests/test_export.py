@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ibpo_lightning.data import RLDataModule
+from ibpo_lightning.training import MemoryConfig
 from ibpo_lightning.estimators import GRPO
 from ibpo_lightning.export import HFExport, policy_from_checkpoint, save_hf
 from ibpo_lightning.models import load_policy
@@ -44,7 +45,7 @@ def greedy(model, tok, max_new_tokens=12):
 def trained(tmp_path_factory):
     """A tiny policy after 2 RL steps at a large learning rate, its export and its checkpoint."""
     root = tmp_path_factory.mktemp("run")
-    module = PolicyModule(model="tiny-random-llama", optimizer=adamw(1e-2), micro_batch_size=8)
+    module = PolicyModule(model="tiny-random-llama", optimizer=adamw(1e-2), memory=MemoryConfig(micro_batch_size=8))
     data = RLDataModule(ParityTask(num_train=32, num_heldout=4), prompts_per_step=2, steps=2)
     trainer = Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
                       enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=root,

@@ -13,13 +13,15 @@ from ibpo_lightning.data import RLDataModule
 from ibpo_lightning.estimators import GRPO
 from ibpo_lightning.losses import truncated_importance_weight
 from ibpo_lightning.module import PolicyModule
+from ibpo_lightning.training import MemoryConfig, UpdateConfig
 from ibpo_lightning.step import StaleEngineError
 from ibpo_lightning.rollout import HFEngine, RolloutCallback, VLLMEngine, vllm_available
 from tests.helpers import ParityTask, adamw
 
 
 def run(tmp_path, engine, steps=3, sync_every=1, max_policy_lag=0, no_sync=False, model="tiny-random-llama"):
-    module = PolicyModule(model=model, optimizer=adamw(1e-2), micro_batch_size=8, max_policy_lag=max_policy_lag)
+    module = PolicyModule(model=model, optimizer=adamw(1e-2), memory=MemoryConfig(micro_batch_size=8),
+                          update=UpdateConfig(max_policy_lag=max_policy_lag))
     data = RLDataModule(ParityTask(num_train=32, num_heldout=4), prompts_per_step=2, steps=steps)
     rollout = RolloutCallback(engine, group_size=4, max_new_tokens=6, sync_every=sync_every)
     if no_sync:
@@ -55,14 +57,14 @@ def test_hf_engine_batches_are_never_stale_and_match_the_trainer(tmp_path):
 def test_sync_every_beyond_the_allowed_lag_is_refused_at_start(tmp_path):
     if not vllm_available():
         pytest.skip("vLLM is not installed")
-    with pytest.raises(ValueError, match=r"rollout.sync_every=2 .* model.max_policy_lag=0"):
+    with pytest.raises(ValueError, match=r"rollout.sync_every=2 .* model.update.max_policy_lag=0"):
         run(tmp_path, VLLMEngine(max_model_len=128), sync_every=2)
 
 
 @pytest.mark.parametrize("kwargs", [{"max_policy_lag": -1}, {"tis_cap": 0.0}, {"tis_cap": -1.0}])
 def test_negative_lag_or_cap_is_refused(kwargs):
-    with pytest.raises(ValueError, match=r"model.max_policy_lag must be >= 0 and model.tis_cap > 0"):
-        PolicyModule(model="tiny-random-llama", **kwargs)
+    with pytest.raises(ValueError, match=r"model.update.max_policy_lag must be >= 0 and model.update.tis_cap > 0"):
+        UpdateConfig(**kwargs)
 
 
 needs_vllm = pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed")

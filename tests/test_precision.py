@@ -116,7 +116,7 @@ def test_bf16_through_the_cli_trains_and_monitors_the_mismatch(tmp_path, monkeyp
     assert cli.trainer.precision == "bf16-mixed"
     assert cli.trainer.lightning_module.policy_version == 2
     assert next(cli.model.policy.parameters()).dtype == torch.float32  # fp32 master weights
-    assert cli.model.update.lag_corrected  # model.tis: None turns the importance correction on in bf16
+    assert cli.model.rl_step.update.lag_corrected  # model.update.tis: None turns the importance correction on in bf16
     callback = next(c for c in cli.trainer.callbacks if hasattr(c, "sampler"))
     assert callback.engine.autocast == torch.bfloat16
     metrics = cli.trainer.callback_metrics

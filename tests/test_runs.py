@@ -110,9 +110,10 @@ def test_a_step_where_no_row_carries_weight_is_an_empty_update(tmp_path):
 
     from ibpo_lightning.data import RLDataModule
     from ibpo_lightning.module import PolicyModule
+    from ibpo_lightning.training import MemoryConfig
     from tests.helpers import ParityTask, adamw
 
-    module = PolicyModule(model="tiny-random-llama", optimizer=adamw(1e-2), micro_batch_size=4)
+    module = PolicyModule(model="tiny-random-llama", optimizer=adamw(1e-2), memory=MemoryConfig(micro_batch_size=4))
     data = RLDataModule(ParityTask(num_train=16, num_heldout=2), prompts_per_step=2, steps=2)
     trainer = Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,

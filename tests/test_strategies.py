@@ -51,9 +51,9 @@ STRATEGIES = {
 }
 # bf16 gathers and compute (fp32 reduction) with activation checkpointing: close, not equal
 STRATEGIES["fsdp2-bf16-checkpointing"] = STRATEGIES["fsdp2"] + [
-    "--model.param_dtype", "bfloat16", "--model.gradient_checkpointing", "true"]
+    "--model.memory.param_dtype", "bfloat16", "--model.memory.gradient_checkpointing", "true"]
 # the chunked output head (2 positions per chunk) under FSDP2 against the plain head on one process
-STRATEGIES["fsdp2-chunked-head"] = STRATEGIES["fsdp2"] + ["--model.logprob_chunk_tokens", "2"]
+STRATEGIES["fsdp2-chunked-head"] = STRATEGIES["fsdp2"] + ["--model.memory.logprob_chunk_tokens", "2"]
 TOLERANCE = {"fsdp2": (1e-6, 1e-4, 1e-6), "ddp": (1e-6, 1e-4, 1e-6), "fsdp2-chunked-head": (1e-6, 1e-4, 1e-6),
              "fsdp2-bf16-checkpointing": (1e-3, 1e-2, 1e-4)}  # loss abs, grad norm rel, weights rel
 
@@ -71,7 +71,7 @@ def _fit(root: Path, prompts: int, *extra: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
-    return _fit(tmp_path_factory.mktemp("one") / "run", 4, "--model.logprob_chunk_tokens", "null")  # 4 prompts, one process ...
+    return _fit(tmp_path_factory.mktemp("one") / "run", 4, "--model.memory.logprob_chunk_tokens", "null")  # 4 prompts, one process ...
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from ibpo_lightning.data import RLDataModule
 from ibpo_lightning.estimators import GRPO, IBPO
 from ibpo_lightning.losses import PolicyLoss
 from ibpo_lightning.module import PolicyModule
+from ibpo_lightning.training import MemoryConfig
 from ibpo_lightning.rollout import HFEngine, RolloutCallback
 from ibpo_lightning.step import StaleEngineError
 from ibpo_lightning.types import Kind
@@ -24,7 +25,7 @@ ROOT = Path(__file__).parents[1]
 
 
 def tiny_trainer(tmp_path, *callbacks, steps=3, estimator=None, loss=None, lr=1e-3, checkpointing=False):
-    module = PolicyModule(model="tiny-random-llama", optimizer=adamw(lr), micro_batch_size=4, loss=loss)
+    module = PolicyModule(model="tiny-random-llama", optimizer=adamw(lr), memory=MemoryConfig(micro_batch_size=4), loss=loss)
     data = RLDataModule(ParityTask(num_train=32, num_heldout=4), prompts_per_step=2, steps=steps)
     rollout = RolloutCallback(HFEngine(), group_size=4, max_new_tokens=6)
     trainer = Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=checkpointing,

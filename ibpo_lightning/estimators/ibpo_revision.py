@@ -19,14 +19,14 @@ with the repair's reward gets against that baseline: a correct sibling's advanta
 group has one, and still defined when it has none (repairs from wrong references).
 
 Everything here is reconstructed [INF]; the paper says only that credit goes to edited tokens.
-The importance weight is per token and truncated (as ``model.tis`` corrects the engine), not
+The importance weight is per token and truncated (as ``model.update.tis`` corrects the engine), not
 a sequence ratio: x~ holds the attempt and the reference, so y_hat is far likelier under x~ than
 under x, and a product over the whole response would vanish and drop the row. Both log-probs
 are the trainer's, from one no-grad pass through the scorer in ``prepare``, at the scorer's
 temperature (the rollout's) also when repairs are sampled at ``revision_temperature``: w_t
 corrects the prompt, not the temperature. The row's engine log-probs are then set to
 log pi_engine(y_hat_t | x~) + log pi_theta(y_hat_t | x) - log pi_theta(y_hat_t | x~): the
-engine/trainer mismatch metric and ``model.tis`` see only the sampling mismatch of y_hat as it
+engine/trainer mismatch metric and ``model.update.tis`` see only the sampling mismatch of y_hat as it
 was drawn, and the prompt shift is corrected by w_t alone.
 """
 

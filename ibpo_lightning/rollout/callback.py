@@ -68,8 +68,8 @@ class RolloutCallback(Callback):
         if not self.engine.shares_weights and self.sync_every - 1 > max_policy_lag:
             raise ValueError(
                 f"rollout.sync_every={self.sync_every} lets the engine sample with weights up to "
-                f"{self.sync_every - 1} updates old, but model.max_policy_lag={max_policy_lag}: raise "
-                f"model.max_policy_lag to {self.sync_every - 1} (truncated importance sampling then "
+                f"{self.sync_every - 1} updates old, but model.update.max_policy_lag={max_policy_lag}: raise "
+                f"model.update.max_policy_lag to {self.sync_every - 1} (truncated importance sampling then "
                 "corrects for the lag) or sync every update"
             )
 

@@ -22,7 +22,7 @@ from ibpo_lightning.host import PolicyHost
 from ibpo_lightning.models.lora import LoraConfig
 from ibpo_lightning.sft.data import Example, collate, encode_example, pack
 from ibpo_lightning.tasks.base import Task
-from ibpo_lightning.training import Scorer
+from ibpo_lightning.training import MemoryConfig, Scorer
 
 
 def response_nll(scorer: Scorer, examples: list[Example], pad_id: int, device) -> tuple[torch.Tensor, int]:
@@ -43,14 +43,9 @@ class SFTModule(PolicyHost):
         model: a built-in model name, a local Hugging Face directory or a Hub id.
         optimizer: the optimizer, as a ``class_path`` with ``init_args``; None: ``AdamW(lr=1e-5)``.
         warmup_steps: linear learning-rate warm-up, in optimizer updates.
-        micro_batch_size: rows per forward/backward at most.
-        micro_batch_tokens: padded tokens (rows x longest row) per forward/backward at most
-            (None: rows only); rows are packed longest first.
-        logprob_chunk_tokens: the output head scores at most this many positions at a time
-            (as in RL; None: all at once).
         max_grad_norm: gradient clipping threshold (None: no clipping; the norm is still logged).
-        gradient_checkpointing: trade compute for memory in the forward pass.
-        param_dtype: under FSDP2, the dtype parameters are gathered and computed in.
+        memory: micro-batches (rows are packed longest first; None: 4096 padded tokens per
+            micro-batch), chunked output head, checkpointing, FSDP2 dtype.
         lora: train LoRA adapters instead of every weight (exported merged).
         evaluation: how the held-out split is sampled and scored before and after fine-tuning.
         benchmarks: extra benchmarks evaluated beside the held-out split, by name.
@@ -61,18 +56,14 @@ class SFTModule(PolicyHost):
         model: str = "smollm2-135m-instruct",
         optimizer: OptimizerCallable | None = None,
         warmup_steps: int = 0,
-        micro_batch_size: int = 16,
-        micro_batch_tokens: int | None = 4096,
-        logprob_chunk_tokens: int | None = 1024,
         max_grad_norm: float | None = 1.0,
-        gradient_checkpointing: bool = False,
-        param_dtype: str | None = None,
+        memory: MemoryConfig | None = None,
         lora: LoraConfig | None = None,
         evaluation: EvalConfig | None = None,
         benchmarks: dict[str, Task] | None = None,
     ) -> None:
-        super().__init__(model, optimizer, warmup_steps, micro_batch_size, micro_batch_tokens, logprob_chunk_tokens,
-                         max_grad_norm, gradient_checkpointing, param_dtype, lora, evaluation, benchmarks)
+        super().__init__(model, optimizer, warmup_steps, max_grad_norm, memory or MemoryConfig(micro_batch_tokens=4096),
+                         lora, evaluation, benchmarks)
         self.save_hyperparameters(ignore=["benchmarks", "optimizer"])
         self.loss_scorer: Scorer | None = None
 
@@ -90,7 +81,7 @@ class SFTModule(PolicyHost):
         opt, sched = self.optimizers(), self.lr_schedulers()
         opt.zero_grad(set_to_none=True)
         nll, padded, finite = 0.0, 0, True
-        for micro in parallel.pad(pack(examples, self.micro_batch_size, self.micro_batch_tokens)):
+        for micro in parallel.pad(pack(examples, self.memory.micro_batch_size, self.memory.micro_batch_tokens)):
             if micro is None:  # match another rank's pass count
                 self.manual_backward(scorer.empty_pass())
                 continue
