@@ -26,7 +26,7 @@ RUNS = {  # folder: label
     "grpo": "GRPO",
     "grpo_dynamic": "GRPO + dynamic sampling",
 }
-PAIRS = [("dapo_before", "dapo_after"), ("dapo_after", "dapo_after_repeat")]
+PAIRS = [("dapo_before", "dapo_after"), ("dapo_before", "dapo_after_repeat"), ("dapo_after", "dapo_after_repeat")]
 COMPARED = ("train/reward_mean", "tokens/fresh", "tokens/resample", "train/pg_loss", "train/grad_norm")
 
 
