@@ -82,6 +82,10 @@ class RolloutBatch:
     """Reference answer of each group (indexed by ``Trajectory.group``)."""
     stats: dict[str, float] = field(default_factory=dict)
     """Per-step diagnostics (timings, revision counts) logged by the module."""
+    seed: int | None = None
+    """Seed of this step on this rank (from ``rollout.seed``, the rank and the policy version; None
+    when sampling is unseeded): an estimator's random choices derive from it
+    (``Estimator.generator``), so they repeat exactly on a resumed run, on every rank."""
     notes: dict[str, Any] = field(default_factory=dict)
     """What an estimator's ``plan`` and ``prepare`` leave for its ``assign`` (ACPO's step scores,
     IBPO's importance weights), keyed ``<estimator name>/<what>``: per-batch state lives here,

@@ -151,3 +151,24 @@ def test_ibpo_step_granularity_marks_whole_steps():
 def test_ibpo_rejects_bad_prompt_template():
     with pytest.raises(ValueError, match="reference"):
         IBPO(repair_prompt="{problem} {attempt}")
+
+
+def test_estimator_choices_are_a_function_of_the_step():
+    """IBPO's capped repair pairs come from the step's generator: the same step (seed, rank and
+    version: ``batch.seed``, ``policy_version``) draws the same pairs, whatever ran before (a
+    resumed run, another rank's history); another step draws others."""
+    rows = [traj(g, float(i == 0)) for g in range(3) for i in range(6)]
+
+    def pairs(seed, version, warm_up=0):
+        ibpo = IBPO(max_repairs_per_group=2)
+        for k in range(warm_up):  # earlier steps leave nothing behind
+            earlier = batch_of(rows)
+            earlier.seed = 100 + k
+            ibpo.repair_pairs(earlier)
+        batch = batch_of(rows)
+        batch.seed, batch.policy_version = seed, version
+        return ibpo.repair_pairs(batch)
+
+    assert pairs(7, 3) == pairs(7, 3, warm_up=5)
+    assert len({tuple(pairs(s, v)) for s in (7, 8) for v in (3, 4)}) == 4
+    assert IBPO().state_dict() == {}  # nothing to checkpoint

@@ -213,8 +213,9 @@ def test_rrpo_draws_seeded_uniform_reset_points_without_a_localisation_call():
     def cuts(seed, draws=60):
         rollout = FakeRollout({"reset_suffix": [[9]]})
         rrpo, out = RRPO(n_resets=1, seed=seed), []
-        for _ in range(draws):
+        for step in range(draws):
             batch = raw_batch(three_thought_group())
+            batch.seed = step  # each step's own seed (the sampler's): the draws are a function of it
             rrpo.plan(batch, rollout, FakeTask())
             out.append(batch.trajectories[3].prefix_len)
         assert {c["kind"] for c in rollout.calls} == {"reset_suffix"}

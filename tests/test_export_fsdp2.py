@@ -40,7 +40,7 @@ trainer:
     - class_path: ibpo_lightning.export.HFExport
 model:
   optimizer: {{class_path: torch.optim.AdamW, init_args: {{lr: 1.0e-2, weight_decay: 0.0}}}}
-  micro_batch_size: 4
+  memory: {{micro_batch_size: 4}}
 data:
   task:
     class_path: tests.helpers.ParityTask

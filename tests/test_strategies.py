@@ -26,8 +26,8 @@ trainer:
       init_args: {{path: {root}/steps.jsonl}}
 model:
   optimizer: {{class_path: torch.optim.AdamW, init_args: {{lr: 1.0e-3, weight_decay: 0.0}}}}
-  micro_batch_size: 4
-  mini_batches: 2      # two updates per batch: old log-probs, a pass per mini-batch
+  memory: {{micro_batch_size: 4}}
+  update: {{mini_batches: 2}}   # two updates per batch: old log-probs, a pass per mini-batch
   loss:
     aggregation: token_mean   # the normaliser counts every rank's tokens
     kl_coef: 0.05             # a reference pass through the sharded reference

@@ -11,10 +11,13 @@
 
 All four are called, in this order, by one function: ``RLStep.run`` (``ibpo_lightning/step.py``).
 An estimator never touches a model or another component directly, and holds no per-batch state:
-what ``plan`` or ``prepare`` computes for ``assign`` travels in ``batch.notes``. State that must
-outlive a step (random generators, curricula, running statistics) is checkpointed by default:
-every ``random.Random`` attribute, and the attributes named in ``checkpointed``, are saved with
-the run (the callback's ``state_dict``) and restored on resume.
+what ``plan`` or ``prepare`` computes for ``assign`` travels in ``batch.notes``. Random choices
+come from ``generator(batch)``, a generator seeded from the estimator's ``seed`` and the step's
+own seed (``batch.seed``: the rollout seed, the rank, the policy version), so they are a function
+of the step and a resumed run repeats them on every rank, with nothing to checkpoint. State that
+must outlive a step (curricula, running statistics) is named in ``checkpointed`` and saved with
+the run by default (the callback's ``state_dict``); as Lightning stores one copy of a callback's
+state, keep such state equal on every rank (reduce it first).
 """
 
 from __future__ import annotations
@@ -44,8 +47,11 @@ class Estimator(Callback, ABC):
     group_relative: bool = True
     """Whether the method compares samples of one prompt (then a group needs >= 2 samples)."""
 
+    seed: int = 0
+    """Seed of the estimator's random choices (combined with each step's ``batch.seed``)."""
+
     checkpointed: tuple[str, ...] = ()
-    """Attributes (besides the ``random.Random`` ones, always saved) that a resumed run restores."""
+    """Attributes that outlive a step and that a resumed run restores (equal on every rank)."""
 
     @property
     def needs_reference(self) -> bool:
@@ -62,20 +68,20 @@ class Estimator(Callback, ABC):
     def assign(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token advantages and loss weights, both [N, L], zero on untrained tokens."""
 
+    def generator(self, batch: RolloutBatch) -> random.Random:
+        """A generator for this step's random choices: a function of ``seed``, the step's seed
+        (rollout seed, rank) and the policy version only."""
+        return random.Random(f"{self.seed}:{batch.seed}:{batch.policy_version}")
+
     # -- checkpoint state: a Lightning callback hook pair ---------------------------------------
     def state_dict(self) -> dict:
-        """Every random generator's state and the ``checkpointed`` attributes."""
-        state = {name: value.getstate() for name, value in vars(self).items() if isinstance(value, random.Random)}
-        state.update({name: copy.deepcopy(getattr(self, name)) for name in self.checkpointed})
-        return state
+        """The ``checkpointed`` attributes."""
+        return {name: copy.deepcopy(getattr(self, name)) for name in self.checkpointed}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        for name, value in state_dict.items():
-            current = getattr(self, name, None)
-            if isinstance(current, random.Random):
-                current.setstate(value)
-            elif name in self.checkpointed:
-                setattr(self, name, value)
+        for name in self.checkpointed:
+            if name in state_dict:
+                setattr(self, name, state_dict[name])
 
     @staticmethod
     def trained_rows(batch: RolloutBatch) -> torch.Tensor:

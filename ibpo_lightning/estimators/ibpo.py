@@ -81,7 +81,7 @@ class IBPO(Estimator):
             pi(y_t | task prompt) / pi(y_t | repair prompt).
         correct_threshold: a reward at or above this counts as correct.
         eps: added to the std.
-        seed: seed of reference choice and capping.
+        seed: seed of reference choice and capping (with each step's own seed, ``Estimator.generator``).
     """
 
     name = "ibpo"
@@ -132,13 +132,15 @@ class IBPO(Estimator):
         self.repair_prompt, self.correct_threshold, self.eps = repair_prompt, correct_threshold, eps
         self.train_on_revision, self.revision_is_cap = train_on_revision, revision_is_cap
         self.repaired_credit = repaired_credit
-        self.rng = random.Random(seed)  # checkpointed by the base class: a resume repeats the choices
+        self.seed = seed  # with each step's seed: the references and the capped pairs (``generator``)
 
     # -- plan: generate and verify repairs ---------------------------------------------------
-    def references(self, row: int, siblings: list[int], correct: list[bool]) -> list[int]:
-        """Reference rows for wrong sample ``row`` among its group's ``siblings``."""
+    def references(self, row: int, siblings: list[int], correct: list[bool],
+                   rng: random.Random | None = None) -> list[int]:
+        """Reference rows for wrong sample ``row`` among its group's ``siblings`` (shuffled by ``rng``;
+        None: a generator seeded with ``seed``)."""
         others = [j for j in siblings if j != row]
-        self.rng.shuffle(others)
+        (rng or random.Random(self.seed)).shuffle(others)
         right = [j for j in others if correct[j]]
         wrong = [j for j in others if not correct[j]]
         if self.ref_policy == "correct_first":
@@ -150,13 +152,14 @@ class IBPO(Estimator):
         return ordered if self.n_refs is None else ordered[: self.n_refs]
 
     def repair_pairs(self, batch: RolloutBatch) -> list[tuple[int, int]]:
-        """(wrong row, reference row) pairs to repair, capped per group."""
+        """(wrong row, reference row) pairs to repair, capped per group; random choices from the
+        step's generator."""
         correct = [t.reward >= self.correct_threshold for t in batch.trajectories]
-        pairs = []
+        pairs, rng = [], self.generator(batch)
         for rows in batch.fresh_groups().values():
-            group_pairs = [(i, r) for i in rows if not correct[i] for r in self.references(i, rows, correct)]
+            group_pairs = [(i, r) for i in rows if not correct[i] for r in self.references(i, rows, correct, rng)]
             if self.max_repairs_per_group is not None and len(group_pairs) > self.max_repairs_per_group:
-                group_pairs = self.rng.sample(group_pairs, self.max_repairs_per_group)
+                group_pairs = rng.sample(group_pairs, self.max_repairs_per_group)
             pairs.extend(group_pairs)
         return pairs
 

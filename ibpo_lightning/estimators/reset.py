@@ -24,7 +24,6 @@ gives its 4 G1 rows + parent; thoughts are cut after generation (no stop strings
 
 from __future__ import annotations
 
-import random
 from abc import abstractmethod
 
 import torch
@@ -59,7 +58,7 @@ class ResetEstimator(Estimator):
         check_delimiter("delimiter", delimiter)
         self.n_resets, self.delimiter, self.train_parent = n_resets, delimiter, train_parent
         self.reset_temperature, self.correct_threshold, self.min_std = reset_temperature, correct_threshold, min_std
-        self.rng = random.Random(seed)
+        self.seed = seed  # with each step's seed (``Estimator.generator``)
 
     @abstractmethod
     def reset_points(self, batch: RolloutBatch, parents: list[int], sampler, task) -> list[int]:
@@ -109,4 +108,5 @@ class RRPO(ResetEstimator):
     name = "rrpo"
 
     def reset_points(self, batch, parents, sampler, task) -> list[int]:
-        return [self.rng.randint(1, len(batch.trajectories[i].step_boundaries) + 1) for i in parents]
+        rng = self.generator(batch)
+        return [rng.randint(1, len(batch.trajectories[i].step_boundaries) + 1) for i in parents]

@@ -84,11 +84,11 @@ class SRPO(ResetEstimator):
                                    max_new_tokens=self.localisation_max_new_tokens,
                                    kind=GenerationKind.LOCALISATION) if prompts else []
         named = {i: parse_step(a[0].text) for i, a in zip(asked, answers)}
-        points = []
+        points, rng = [], self.generator(batch)
         for i, n in zip(parents, sizes):
             k = named.get(i)
             if k is None:
-                k = {"first": 1, "last": n}.get(self.fallback) or self.rng.randint(1, n)
+                k = {"first": 1, "last": n}.get(self.fallback) or rng.randint(1, n)
             points.append(max(1, min(k, n) - self.reset_offset))
         batch.stats[f"{self.name}/localisation_parsed"] = (
             sum(v is not None for v in named.values()) / len(named) if named else 0.0)

@@ -112,7 +112,12 @@ class Sampler:
         if self.seed is None:
             return None
         self.calls += 1
-        key = f"{self.seed}:{self.rank}:{self.policy_version}:{kind}:{self.calls}".encode()
+        return self._seed_of(f"{kind}:{self.calls}")
+
+    def _seed_of(self, what: str) -> int | None:
+        if self.seed is None:
+            return None
+        key = f"{self.seed}:{self.rank}:{self.policy_version}:{what}".encode()
         return int.from_bytes(hashlib.blake2b(key, digest_size=4).digest(), "little")
 
     # -- one step's fresh groups -----------------------------------------------------------------
@@ -129,7 +134,7 @@ class Sampler:
         groups = self.generate(prompts, self.group_size)
         trajs = [Trajectory.from_sample(prompt, p.prompt, s, group=g)
                  for g, (p, prompt, group) in enumerate(zip(problems, prompts, groups)) for s in group]
-        batch = RolloutBatch(trajs, policy_version=self.engine_version,
+        batch = RolloutBatch(trajs, policy_version=self.engine_version, seed=self._seed_of("estimator"),
                              problems=[p.prompt for p in problems], answers=[p.answer for p in problems])
         batch.stats["time/generate"] = time.perf_counter() - start
         return batch
