@@ -18,5 +18,5 @@ quickstart: install
 VLLM_TESTS = tests/test_export.py tests/test_policy_lag.py tests/test_training.py tests/test_vllm_engine.py
 
 test: install
-	$(VENV)/bin/python -m pytest -q -ra $(addprefix --ignore=,$(VLLM_TESTS))
+	$(VENV)/bin/python -m pytest -q -ra --durations=25 $(addprefix --ignore=,$(VLLM_TESTS))
 	set -e; for f in $(VLLM_TESTS); do $(VENV)/bin/python -m pytest -q -ra $$f; done

@@ -112,7 +112,7 @@ SETTINGS = {
     "ibpo-dynamic_sampling-ddp": IBPO + ["--rollout.dynamic_sampling.max_rounds", "4"] + DDP,
     "grpo-fsdp2": GRPO + FSDP2,
     "ibpo-fsdp2": IBPO + ["--estimator.init_args.ref_policy", "random"] + FSDP2,
-    "ibpo-vllm": IBPO + ["--estimator.init_args.ref_policy", "random"] + VLLM,
+    "ibpo-vllm": IBPO + ["--estimator.init_args.ref_policy", "random", "--rollout.dynamic_sampling.max_rounds", "4"] + VLLM,
 }
 
 
