@@ -6,7 +6,8 @@
 Runs ``ibpo fit`` in a child process with validation and checkpoints off and the
 :class:`~ibpo_lightning.diagnostics.StepClock` callback on, then averages the logged phase times
 over the steps after ``--warmup``. Arguments after ``--`` go to ``ibpo fit`` unchanged. Writes
-``summary.json`` in ``--out`` and prints a markdown row, then a per-phase table: seconds, tokens,
+``summary.json`` in ``--out`` (``--report DIR ...`` prints the rows of stored ones) and prints a
+markdown row, then a per-phase table: seconds, tokens,
 achieved GFLOP/s and its share of this machine's matrix-multiply peak, measured by a probe
 (square matmuls, fp32 and bf16, on the threads torch uses), and the padding fraction of the
 train micro-batches.
@@ -144,6 +145,11 @@ def main() -> None:
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
+    if argv[:1] == ["--report"]:  # the rows of stored runs: bench_step.py --report DIR [DIR ...]
+        print(HEADER)
+        for folder in map(Path, argv[1:]):
+            print(markdown(folder.name, json.loads((folder / "summary.json").read_text())))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", action="append", required=True, help="config files, stacked in order")
     parser.add_argument("--steps", type=int, default=6)
