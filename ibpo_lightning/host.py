@@ -14,10 +14,8 @@ says so instead of falling back to a default.
 
 from __future__ import annotations
 
-import math
 import warnings
 
-import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.strategies import FSDPStrategy
@@ -28,6 +26,7 @@ from ibpo_lightning.models.policy import build_models
 from ibpo_lightning.rng import rng_states, set_rng_states
 from ibpo_lightning.tasks.base import Task
 from ibpo_lightning.training import DataParallel, MemoryConfig, Scorer, with_warmup
+from ibpo_lightning.training.optim import clip_and_step
 from ibpo_lightning.wiring import RunParts, run_parts
 
 
@@ -72,10 +71,6 @@ class PolicyHost(HeldoutEvaluation, LightningModule):
         return self._parts
 
     @property
-    def sampler(self):
-        return self.parts.sampler
-
-    @property
     def needs_reference(self) -> bool:
         return False
 
@@ -117,20 +112,14 @@ class PolicyHost(HeldoutEvaluation, LightningModule):
         return batch  # lists of problems; tensors are built inside the step, on the policy's device
 
     def clip_and_step(self, opt, parallel: DataParallel, bad: str | None = None) -> float | None:
-        """Clip the gradient and step ``opt``; the gradient norm, or None when the update was skipped
-        because its loss (``bad``) or its gradient was not finite on some rank (then on every rank)."""
-        norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm or math.inf)
-        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # a DTensor under FSDP2
-        if bad is None and not torch.isfinite(norm):
-            bad = "gradient"
-        if parallel.reduce(bad is not None, "max"):  # one rank's bad update is every rank's
-            opt.zero_grad(set_to_none=True)
+        """Clip the gradient and step ``opt`` (``training.optim.clip_and_step``); the gradient norm,
+        or None when the update was skipped on every rank, counted and reported."""
+        norm, skipped = clip_and_step(self.policy, opt, self.max_grad_norm, parallel, bad)
+        if skipped:
             self.skipped_updates += 1
-            warnings.warn(f"step {self.policy_version}: non-finite {bad or 'loss or gradient on another rank'}; "
-                          f"update skipped ({self.skipped_updates} skipped so far)", RuntimeWarning, stacklevel=2)
-            return None
-        opt.step()
-        return float(norm)
+            warnings.warn(f"step {self.policy_version}: non-finite {skipped}; update skipped "
+                          f"({self.skipped_updates} skipped so far)", RuntimeWarning, stacklevel=2)
+        return norm
 
     # -- checkpoint state -----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

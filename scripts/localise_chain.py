@@ -1,6 +1,6 @@
 """Where every estimator puts the blame in a real model's wrong chain answers, and how IBPO's repairs fare.
 
-    python scripts/localise_chain.py run --model /work/sft-chain-smollm2 --steps 3
+    python scripts/localise_chain.py run --model ../sft-chain-smollm2 --steps 3
     python scripts/localise_chain.py report
 
 Each estimator runs ``ibpo fit -c configs/chain_rl.yaml -c configs/estimators/<name>.yaml`` for

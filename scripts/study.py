@@ -2,7 +2,7 @@
 
     python scripts/study.py run --steps 10 --seeds 0 1 2            # quickstart task, 5 estimators
     python scripts/study.py report --out docs/img/study_quickstart.png
-    python scripts/study.py run --study chain --model /work/sft-chain-smollm2   # from the SFT export
+    python scripts/study.py run --study chain --model ../sft-chain-smollm2   # from the SFT export
     python scripts/study.py report --study chain
 
 Each run is ``ibpo fit -c <study config> [-c configs/estimators/<name>.yaml]`` in its own process,

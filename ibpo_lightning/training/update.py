@@ -10,7 +10,6 @@ on any rank is skipped on every rank, counted and reported, never applied.
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from typing import Callable
@@ -18,6 +17,7 @@ from typing import Callable
 import torch
 
 from ibpo_lightning.losses import LogprobMismatch, PolicyLoss, truncated_importance_weight
+from ibpo_lightning.training.optim import clip_and_step
 from ibpo_lightning.training.scorer import Scorer
 from ibpo_lightning.types import RolloutBatch
 
@@ -125,12 +125,7 @@ class PolicyUpdate:
 
     def _clip_and_step(self, opt, parallel, bad: str | None) -> float | None:
         """Clip at ``max_grad_norm`` and step; skip (with a warning) a non-finite update."""
-        policy = self.scorer.model("policy")
-        norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), self.max_grad_norm or math.inf)
-        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # a DTensor under FSDP2
-        if parallel.reduce(bad is not None or not bool(torch.isfinite(norm)), "max"):
-            opt.zero_grad(set_to_none=True)
-            warnings.warn("non-finite loss or gradient; update skipped", RuntimeWarning, stacklevel=3)
-            return None
-        opt.step()
-        return float(norm)
+        norm, skipped = clip_and_step(self.scorer.model("policy"), opt, self.max_grad_norm, parallel, bad)
+        if skipped:
+            warnings.warn(f"non-finite {skipped}; update skipped", RuntimeWarning, stacklevel=3)
+        return norm
