@@ -4,8 +4,9 @@ import math
 
 import pytest
 
-from ibpo_lightning.rewards.sandbox_values import Unencodable, decode, encode, plain_copy
-from ibpo_lightning.rewards.test_plan import defined_names, harden, plan_test
+from ibpo_lightning.rewards.sandbox.values import Unencodable, decode, encode, plain_copy
+from ibpo_lightning.rewards.sandbox.harden import harden
+from ibpo_lightning.rewards.sandbox.plan import defined_names, plan_test
 
 
 def test_probes_are_the_parts_that_need_the_program():

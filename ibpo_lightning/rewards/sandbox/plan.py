@@ -3,7 +3,7 @@
 A test such as ``assert set(f(x)) == {1, 2}`` is parsed with :mod:`ast` here, in the parent. The
 parts that need the program (here ``f(x)``) become *probes*: expressions the sandboxed child
 evaluates in the program's namespace and sends back as plain data
-(:mod:`~ibpo_lightning.rewards.sandbox_values`). Everything around them (the comparison, the
+(:mod:`~ibpo_lightning.rewards.sandbox.values`). Everything around them (the comparison, the
 ``set(...)``, the literal ``{1, 2}``) is evaluated here on the decoded values, with the real
 builtins. So nothing the program controls decides a verdict: not a lying ``__eq__`` or
 ``__bool__`` (such objects are not plain data and are never sent), not a patched ``builtins``,
@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-from ibpo_lightning.rewards.sandbox_values import binop
+from ibpo_lightning.rewards.sandbox.values import binop
 
 # Pure builtins a test may apply to values in the parent; a name the program (or setup, or
 # preamble) defines itself is the program's and becomes part of a probe instead.
@@ -39,7 +39,7 @@ SAFE_MATH = frozenset({"isclose", "fabs", "sqrt", "floor", "ceil", "trunc", "isn
                        "isfinite", "pi", "e", "inf", "nan", "log", "log2", "log10", "exp"})
 _PARENT_GLOBALS = {"__builtins__": {name: getattr(builtins, name) for name in SAFE_CALLS},
                    "math": math, "__binop__": binop}
-_OPERATORS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//",
+OPERATORS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//",
               ast.Mod: "%", ast.Pow: "**", ast.LShift: "<<", ast.RShift: ">>", ast.BitAnd: "&",
               ast.BitOr: "|", ast.BitXor: "^", ast.MatMult: "@"}
 
@@ -110,47 +110,8 @@ def plan_test(test: str, program_names: frozenset[str] = frozenset()) -> TestPla
     return TestPlan(tuple(probes), tuple(checks))
 
 
-COMPARE, TRUTH, BINOP = "__sandbox_compare__", "__sandbox_truth__", "__sandbox_binop__"
-_COMPARISONS = {ast.Eq: "==", ast.NotEq: "!=", ast.In: "in", ast.NotIn: "not in", ast.Lt: "<",
-                ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">="}
-
-
-def _binop_call(name: str, left: ast.expr, op: ast.operator, right: ast.expr) -> ast.Call:
-    return ast.Call(ast.Name(name, ast.Load()), [ast.Constant(_OPERATORS[type(op)]), left, right], [])
-
-
-@lru_cache(maxsize=4096)
-def harden(test: str) -> str:
-    """A test the child must judge itself, rewritten so that values the program made cannot lie
-    to it: every ``a == b`` (any comparison but ``is``) becomes ``__sandbox_compare__(a, "==",
-    b)``, every ``a - b`` (any binary operator) ``__sandbox_binop__("-", a, b)`` and every
-    ``assert e`` ``assert __sandbox_truth__(e)``; the child binds them to functions that work on
-    plain copies of the values (and refuse anything else), see ``sandbox_child._judges``. Still inside the program's process: a program that tampers
-    with the harness itself can defeat this, which judging in the parent does not allow."""
-    try:
-        tree = ast.parse(test)
-    except (SyntaxError, ValueError):
-        return test
-
-    class Rewrite(ast.NodeTransformer):
-        def visit_Compare(self, node: ast.Compare) -> ast.AST:
-            self.generic_visit(node)
-            if len(node.ops) != 1 or type(node.ops[0]) not in _COMPARISONS:
-                return node
-            op = ast.Constant(_COMPARISONS[type(node.ops[0])])
-            call = ast.Call(ast.Name(COMPARE, ast.Load()), [node.left, op, node.comparators[0]], [])
-            return ast.copy_location(call, node)
-
-        def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
-            self.generic_visit(node)
-            return ast.copy_location(_binop_call(BINOP, node.left, node.op, node.right), node)
-
-        def visit_Assert(self, node: ast.Assert) -> ast.AST:
-            self.generic_visit(node)
-            node.test = ast.Call(ast.Name(TRUTH, ast.Load()), [node.test], [])
-            return node
-
-    return ast.unparse(ast.fix_missing_locations(Rewrite().visit(tree)))
+def binop_call(name: str, left: ast.expr, op: ast.operator, right: ast.expr) -> ast.Call:
+    return ast.Call(ast.Name(name, ast.Load()), [ast.Constant(OPERATORS[type(op)]), left, right], [])
 
 
 def _inline_check(body: list[ast.stmt]) -> list[ast.stmt] | None:
@@ -198,7 +159,7 @@ class _Splitter(ast.NodeTransformer):
         if isinstance(node, ast.BinOp):  # here, on the values: ``f(x) - y`` cannot lie
             if _constant(node):
                 return node
-            return _binop_call("__binop__", self.visit(node.left), node.op, self.visit(node.right))
+            return binop_call("__binop__", self.visit(node.left), node.op, self.visit(node.right))
         if isinstance(node, ast.Name) and self._safe_name(node.id):
             return node
         if isinstance(node, ast.Call) and self._safe_callee(node.func):

@@ -1,6 +1,6 @@
 """A strict, data-only encoding of test values between the sandboxed child and the parent.
 
-The child (:mod:`sandbox_child`, which imports this file by path before the program runs) turns
+The child (:mod:`child`, which imports this file by path before the program runs) turns
 the value of each probed expression into JSON with :func:`encode`; the parent turns it back
 with :func:`decode` and compares there. Only plain data crosses: ``None``, ``bool``, ``int``,
 ``float``, ``complex``, ``str``, ``bytes``, ``list``, ``tuple``, ``dict``, ``set`` and

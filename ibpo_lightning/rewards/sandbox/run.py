@@ -1,71 +1,45 @@
 """Run a model-written Python program against tests in a separate, limited process.
 
-``run_tests(program, tests)`` starts ``python -I -S -B sandbox_child.py`` in a new session, in a
+``run_tests(program, tests)`` starts ``python -I -S -B child.py`` in a new session, in a
 fresh run directory under :data:`RUNS_DIR`, with an empty environment, and waits at most ``timeout_s`` of wall
 time. The child sets its own limits before the program runs (see :class:`SandboxConfig` and
 ``docs/code_reward.md``). When the parent runs as root the child drops to a sandbox uid leased
 for this run only, so the program cannot signal, read or write the parent's processes and files,
 and every process of that uid is killed afterwards. The whole process group is always killed.
 The child can write only its run directory (a read-only mount namespace and a Landlock domain,
-see :mod:`sandbox_fs`), and assert-style tests are judged here, on plain values the child sends
-back (see :mod:`test_plan`): the program does not decide their verdict (it still can for tests
+see :mod:`confine_files`), and assert-style tests are judged here, on plain values the child sends
+back (see :mod:`plan`): the program does not decide their verdict (it still can for tests
 of any other form, which only the child can run).
 """
 
 from __future__ import annotations
 
-import atexit
 import fcntl
 import json
-import hashlib
 import logging
-import marshal
 import os
 import secrets
 import select
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ibpo_lightning.rewards.sandbox_uids import kill_uid, lease_uid
-from ibpo_lightning.rewards.sandbox_values import decode_list
-from ibpo_lightning.rewards.test_plan import SAFE_CALLS, TestPlan, defined_names, harden, plan_test
+from ibpo_lightning.rewards.sandbox.confine_uids import kill_uid, lease_uid
+from ibpo_lightning.rewards.sandbox.namespaces import compiled_helpers, runs_dir, shared_namespaces
+from ibpo_lightning.rewards.sandbox.values import decode_list
+from ibpo_lightning.rewards.sandbox.harden import harden
+from ibpo_lightning.rewards.sandbox.plan import SAFE_CALLS, TestPlan, defined_names, plan_test
 
-_CHILD = str(Path(__file__).with_name("sandbox_child.py"))
+_CHILD = str(Path(__file__).with_name("child.py"))
 _STATUS_BY_SIGNAL = {signal.SIGXCPU: "cpu_limit", signal.SIGXFSZ: "file_size_limit"}
 _SWEPT: set[int] = set()
-# One process holds an empty network namespace and a read-only mount namespace (all mounts
-# read-only but RUNS_DIR) for the children to join: creating a network namespace per child costs
-# about 25 ms here, a mount namespace 0.4-4 ms (mostly tearing it down), joining either well
-# under 1 ms.
-NETNS_HOLDER_MARK = "# ibpo-sandbox namespace holder"
-_NETNS_HOLDER = NETNS_HOLDER_MARK + """
-import ctypes, os, sys, time
-parent = os.getppid()
-libc = ctypes.CDLL(None, use_errno=True)
-if libc.unshare(0x40000000) != 0:
-    sys.exit(1)
-sys.path.insert(0, sys.argv[1])
-import sandbox_fs
-mounts = sandbox_fs.read_only_mounts(libc, sys.argv[2], enter=False)
-print(os.readlink("/proc/self/ns/net"), os.readlink("/proc/self/ns/mnt") if mounts else "-", flush=True)
-while os.getppid() == parent:
-    time.sleep(1)
-"""
-RUNS_DIR = Path(tempfile.gettempdir()) / f"ibpo-sandbox-runs-{os.geteuid()}"
-"""Where every run directory is made (one per user): the one writable mount in the holder's
-mount namespace."""
-_netns_lock = threading.Lock()
-_netns: dict = {}
 _log = logging.getLogger(__name__)
 _logged: set[tuple[str, str]] = set()
 
@@ -89,7 +63,7 @@ class SandboxConfig:
         isolate_files: Confine the child's writes to its run directory: a read-only mount
             namespace and a Landlock domain, each where the kernel allows.
         strict_tests: Judge assert-style tests here, on the plain values the child computes,
-            and make the child compare plain copies in any other test (see ``test_plan``).
+            and make the child compare plain copies in any other test (see ``plan``).
             False: every test runs in the child as written, with the values' own ``__eq__``
             (for tests that compare objects of the program's classes; gameable).
         audit_hook: Also refuse sockets, exec/spawn, ctypes loading and signals to other
@@ -161,7 +135,7 @@ def run_tests(program: str, tests: Sequence[str], setup: str = "", preamble: str
     config = config or SandboxConfig()
     root = os.geteuid() == 0 and config.drop_privileges
     with lease_uid(config.uid_base, config.uid_count) if root else nullcontext(None) as uid:
-        outer = Path(tempfile.mkdtemp(prefix="ibpo-sandbox-", dir=_runs_dir()))
+        outer = Path(tempfile.mkdtemp(prefix="ibpo-sandbox-", dir=runs_dir()))
         try:
             return _run_in(outer, uid, program, list(tests), setup, preamble, config)
         except BaseException:
@@ -205,8 +179,8 @@ def _run_in(outer: Path, uid: int | None, program: str, tests: list[str], setup:
         "tests": [{"probes": list(p.probes)} if p else
                   {"statement": harden(t) if config.strict_tests else t}
                   for p, t in zip(plans, tests)],
-        "shared_ns": _shared_namespaces() if uid is not None else None,
-        "compiled": _compiled_helpers() if config.python in (None, sys.executable) else None,
+        "shared_ns": shared_namespaces() if uid is not None else None,
+        "compiled": compiled_helpers() if config.python in (None, sys.executable) else None,
     }
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(work), "TMPDIR": str(work),
            "LANG": "C.UTF-8"}
@@ -299,59 +273,6 @@ def _log_protections(result: Result) -> None:
     confined = "landlock" in key[1] or "mount-ns" in key[1]
     _log.log(logging.INFO if confined else logging.WARNING,
              "code sandbox protections: network=%s, files=%s", *key)
-
-
-def _compiled_helpers() -> dict[str, str]:
-    """The child's helper modules compiled once, as marshal files in :data:`RUNS_DIR` (named by
-    a hash of their source), name -> path; the child loads them instead of compiling them."""
-    with _netns_lock:
-        if "compiled" not in _netns:
-            paths = {}
-            for name in ("sandbox_fs", "sandbox_values"):
-                source = Path(__file__).with_name(f"{name}.py")
-                text = source.read_bytes()
-                digest = hashlib.sha256(text + sys.version.encode()).hexdigest()[:16]
-                path = _runs_dir() / f"{name}-{digest}.marshal"
-                if not path.exists():
-                    partial = path.with_suffix(f".{os.getpid()}.partial")
-                    partial.write_bytes(marshal.dumps(compile(text, str(source), "exec")))
-                    partial.replace(path)
-                paths[name] = str(path)
-            _netns["compiled"] = paths
-        return _netns["compiled"]
-
-
-def _runs_dir() -> Path:
-    """:data:`RUNS_DIR`, made on first use; refused if someone else planted it."""
-    RUNS_DIR.mkdir(mode=0o711, exist_ok=True)
-    info = RUNS_DIR.lstat()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
-        raise RuntimeError(f"{RUNS_DIR} must be a directory of this user, writable by it only")
-    return RUNS_DIR
-
-
-def _shared_namespaces() -> tuple[int, str, str | None] | None:
-    """(pid, network namespace id, mount namespace id or None) of the namespace holder, started on
-    first use; None where it cannot be made (each child then makes namespaces of its own)."""
-    with _netns_lock:
-        holder = _netns.get("process")
-        if holder is not None and holder.poll() is None:
-            return holder.pid, *_netns["ids"]
-        if _netns.get("failed"):
-            return None
-        holder = subprocess.Popen([sys.executable, "-I", "-S", "-c", _NETNS_HOLDER,
-                                   str(Path(__file__).parent), str(_runs_dir())],
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.DEVNULL, start_new_session=True)
-        net, _, mnt = holder.stdout.readline().decode().strip().partition(" ")
-        if not net.startswith("net:") or holder.poll() is not None:
-            holder.kill()
-            holder.wait()
-            _netns["failed"] = True
-            return None
-        atexit.register(holder.kill)
-        _netns.update(process=holder, ids=(net, mnt if mnt.startswith("mnt:") else None))
-        return holder.pid, *_netns["ids"]
 
 
 def _wait_unreaped(pid: int, timeout_s: float) -> bool:

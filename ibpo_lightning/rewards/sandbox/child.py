@@ -1,7 +1,7 @@
 """The sandboxed side of :mod:`ibpo_lightning.rewards.sandbox` (a script, not imported).
 
-Run as ``python -I -S -B sandbox_child.py`` with a JSON request on stdin; standard library only
-(plus :mod:`sandbox_fs` and :mod:`sandbox_values`, imported by path from this directory). A
+Run as ``python -I -S -B child.py`` with a JSON request on stdin; standard library only
+(plus :mod:`confine_files` and :mod:`values`, imported by path from this directory). A
 trusted set-up phase (still as the parent's user) lowers the priority, moves into a fresh
 network namespace and a read-only mount namespace when the kernel allows, sets the resource
 limits and, when started as root, drops to the sandbox uid; then a Landlock domain confines
@@ -9,7 +9,7 @@ writes to the run directory. Then the program runs in a fresh namespace, then ea
 
 Results go to the report pipe as lines ``<nonce> <test index> <1|0>`` (a statement run here;
 1: it raised nothing) or ``<nonce> <test index> v <values>`` (the probes of a test the parent
-judges, see :mod:`~ibpo_lightning.rewards.test_plan`), then ``<nonce> done``; a program that
+judges, see :mod:`~ibpo_lightning.rewards.sandbox.plan`), then ``<nonce> done``; a program that
 fails to load writes ``<nonce> load 0`` instead. The parent trusts values, not verdicts, where
 it can: anything in this process after set-up is the program's to tamper with.
 """
@@ -111,7 +111,7 @@ def _audit_hook(event: str, args: tuple) -> None:
 
 
 def _judges(plain_copy, binop, bool_=bool):
-    """The comparisons, arithmetic and truth test of a test judged here (``test_plan.harden``):
+    """The comparisons, arithmetic and truth test of a test judged here (``harden.harden``):
     on plain copies only, so no ``__eq__``, ``__sub__`` or ``__bool__`` of the program runs."""
     def compare(left, op, right):
         left, right = plain_copy(left), plain_copy(right)
@@ -199,11 +199,11 @@ _MAX_LINE = 256 * 1024  # a longer report line (a huge value) fails its test
 
 
 def _helpers(compiled):
-    """:mod:`sandbox_fs` and :mod:`sandbox_values`: from the code the parent compiled once
+    """:mod:`confine_files` and :mod:`values`: from the code the parent compiled once
     (``compiled``: name -> marshal file; this interpreter never writes bytecode, ``-B``, and
     compiling them here cost about 5 ms a program), else imported from this file's directory."""
     modules = []
-    for name in ("sandbox_fs", "sandbox_values"):
+    for name in ("confine_files", "values"):
         try:
             import marshal
 
@@ -232,15 +232,15 @@ def main() -> None:
     # RLIMIT_NPROC counts all processes of the real uid: without a sandbox uid, allow this many more
     request["existing_processes"] = _own_process_count(os.getuid()) if request["uid"] is None else 0
     libc = _libc()
-    sandbox_fs, sandbox_values = _helpers(request["compiled"] or {})
+    confine_files, values = _helpers(request["compiled"] or {})
     shared = request["shared_ns"]  # (holder pid, network namespace id, mount namespace id)
     network = "audit-hook"
     if request["isolate_network"]:
         network = _isolate_network(libc, shared and shared[:2])
     work, files = os.getcwd(), []
     if request["isolate_files"] and libc is not None:
-        if shared and shared[2] and sandbox_fs.join_mounts(libc, shared[0], shared[2], work) \
-                or sandbox_fs.read_only_mounts(libc, work):
+        if shared and shared[2] and confine_files.join_mounts(libc, shared[0], shared[2], work) \
+                or confine_files.read_only_mounts(libc, work):
             files.append("mount-ns")
     _set_limits(request)
     if request["uid"] is not None:
@@ -251,18 +251,18 @@ def main() -> None:
         files.append("uid")
     if libc is not None:  # after the uid change, which clears it
         libc.prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
-        abi = sandbox_fs.landlock(libc, work) if request["isolate_files"] else 0
+        abi = confine_files.landlock(libc, work) if request["isolate_files"] else 0
         if abi:
             files.append(f"landlock-v{abi}")
-    del libc, sandbox_fs
+    del libc, confine_files
     if os.getppid() != _PARENT:  # the parent died before the death signal was armed
         os._exit(1)
     os.write(fd, f"{nonce} net {network}\n{nonce} fs {'+'.join(files) or 'none'}\n".encode())
     os.set_blocking(fd, False)  # a full pipe fails a test instead of hanging the run
     if request["audit_hook"]:
         sys.addaudithook(_audit_hook)
-    _run(request, _reporter(fd), nonce, sandbox_values.encode,
-         *_judges(sandbox_values.plain_copy, sandbox_values.binop))
+    _run(request, _reporter(fd), nonce, values.encode,
+         *_judges(values.plain_copy, values.binop))
 
 
 def _reporter(fd, write=os.write, error=OSError):

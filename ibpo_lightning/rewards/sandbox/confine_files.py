@@ -1,6 +1,6 @@
 """Filesystem isolation of the sandboxed child: its run directory is the one place it can write.
 
-Imported by path by :mod:`sandbox_child` (standard library only). Two independent layers, each
+Imported by path by :mod:`child` (standard library only). Two independent layers, each
 used where the kernel allows and reported by name, so the parent can say which are active:
 
 ``mount-ns``  (needs root, or a user namespace of the child's own): a private mount namespace
