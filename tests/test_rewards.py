@@ -112,6 +112,25 @@ NOTATIONS = [  # (completion, reference, score): equal numbers in another notati
     ("\\boxed{\\frac{4 A}{3+3 i}}", "\\frac{4B}{3+3i}", 0.0),
     ("\\boxed{13 \\text{ cm}}", "12", 0.0),
     ("The rate is 2e5 per year, so \\boxed{2e5}", "200000", 1.0),
+    # Minerva's gold solutions against its references (issue 31), each way round, with near misses
+    ("\\boxed{-3./2}", "-3/2", 1.0),
+    ("\\boxed{-1./3}", "-\\frac{1}{3}", 1.0),
+    ("\\boxed{-1.5}", "-3./2", 1.0),
+    ("\\boxed{-3./2}", "-5/2", 0.0),
+    ("\\boxed{1950}", "1950^\\circ C", 1.0),
+    ("\\boxed{1950^{\\circ} \\mathrm{C}}", "1950", 1.0),
+    ("\\boxed{1950^\\circ C}", "1951", 0.0),
+    ("\\boxed{0.003}^{\\prime \\prime}", "0.003^{\\prime \\prime}", 1.0),
+    ("\\boxed{0.003^{\\prime\\prime}}", "0.003", 1.0),
+    ("\\boxed{0.003^{\\prime\\prime}}", "0.03", 0.0),
+    ("\\boxed{E_{1},E_{2}}", "E_1, E_2", 1.0),
+    ("\\boxed{E_1, E_2}", "E_{1},E_{2}", 1.0),
+    ("\\boxed{E_{1},E_{3}}", "E_1, E_2", 0.0),
+    ("\\boxed{\\frac{4 A}{3+3 i} e^{i t}}", "\\frac{4A}{3+3i}e^{it}", 1.0),
+    ("\\boxed{\\frac{4A}{3+3i}e^{it}}", "\\frac{4 A}{3+3 i} e^{i t}", 1.0),
+    ("\\boxed{\\frac{4 A}{3+3 i} e^{i t}}", "\\frac{4A}{3+3i}e^{2it}", 0.0),
+    ("\\boxed{x^{\\prime}+\\frac{r}{V} x-r c=0}", "x' + \\frac{r}{V}x - rc = 0", 1.0),
+    ("\\boxed{\\sin x + 2 t}", "\\sin x + 2t", 1.0),
 ]
 
 

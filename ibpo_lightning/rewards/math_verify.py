@@ -21,15 +21,38 @@ _THOUSANDS_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _START_TIMEOUT_S = 120.0
 # 8.7e8, 3E-6: a number in e-notation (not part of a word or another number)
 _E_NOTATION = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)[eE]([+-]?\d+)(?![\w.])")
-# "4 A", "3 i": a coefficient spaced from a one-letter factor, which the parser reads as two terms
-_SPACED_FACTOR = re.compile(r"(\d)\s+([A-Za-z])(?![A-Za-z])")
+# "4 A", "3 i", "i t", "} x": a factor spaced from a one-letter factor, which the parser reads
+# as two terms (or drops); the left one a digit, a lone letter (not the end of a command such as
+# \sin) or a closing brace
+_SPACED_FACTOR = re.compile(r"(\d|(?<![\\A-Za-z])[A-Za-z]|\})\s+([A-Za-z])(?![A-Za-z])")
+# "-3./2": a number written with a trailing point
+_TRAILING_POINT = re.compile(r"(?<=\d)\.(?!\d)")
+# "1950^\circ C", "45^{\circ}", "30°": a degree sign, with a temperature scale after it
+_DEGREES = re.compile(r"\s*(?:\^\s*\{?\s*\\circ\s*\}?|°)\s*"
+                      r"(?:\\mathrm\{\s*[CFK]\s*\}|\\text\{\s*[CFK]\s*\}|[CFK](?![A-Za-z]))?")
+# "0.003^{\prime \prime}", "y^{\prime}": primes as apostrophes
+_PRIMES = re.compile(r"\^\s*\{((?:\s*\\prime)+)\s*\}|\^\s*\\prime")
+# "E_{1}": a one-character subscript in braces, as "E_1"
+_SUBSCRIPT = re.compile(r"_\{\s*([A-Za-z0-9])\s*\}")
+_COMMA_SPACE = re.compile(r",\s+")
 
 
 def normalise_notation(text: str) -> str:
-    """Rewrite notations ``math_verify`` misreads into ones it reads: e-notation as
-    ``a\times10^{k}``, and a coefficient spaced from a one-letter factor written together."""
+    r"""Rewrite notations ``math_verify`` misreads into ones it reads: e-notation as
+    ``a\times10^{k}``; a factor spaced from a one-letter factor written together (``4 A``,
+    ``i t``); a trailing decimal point dropped (``-3./2``); degree signs dropped, with the
+    temperature scale after them (``1950^\circ C`` is 1950); primes as apostrophes
+    (``0.003^{\prime\prime}`` is ``0.003''``); one-character subscripts without braces
+    (``E_{1}`` is ``E_1``) and no space after commas (lists it compares as text)."""
     text = _E_NOTATION.sub(lambda m: f"{m.group(1)}\\times10^{{{int(m.group(2))}}}", text)
-    return _SPACED_FACTOR.sub(r"\1\2", text)
+    text = _TRAILING_POINT.sub("", text)
+    text = _DEGREES.sub("", text)
+    text = _PRIMES.sub(lambda m: "'" * max(1, (m.group(1) or "").count("\\prime")), text)
+    text = _SUBSCRIPT.sub(r"_\1", text)
+    text = _COMMA_SPACE.sub(",", text)
+    for _ in range(2):  # "i t u": overlapping pairs take two passes
+        text = _SPACED_FACTOR.sub(r"\1\2", text)
+    return text
 
 
 def _normalise_boxed(text: str) -> str:
