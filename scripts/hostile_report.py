@@ -1,6 +1,6 @@
 """The hostile-program suite as a table: every case by class, its status and wall time.
 
-Runs ``tests/test_sandbox.py`` and ``tests/test_sandbox_hostile.py`` under pytest (each hostile
+Runs ``tests/test_sandbox.py``, ``tests/test_sandbox_hostile.py`` and ``tests/test_sandbox_calls.py`` under pytest (each hostile
 case asserts that it scored 0, with and without partial credit, left no process and wrote nothing
 outside its run directory) and prints, per class of attack (the test function), the number of
 cases, their statuses and their wall times, then the slowest cases. Fails if pytest does.
@@ -23,7 +23,8 @@ LINE = re.compile(r"^\[hostile\] (\S+) \| (.+): ([\d.]+) s wall, status (\w+)$")
 
 def main() -> None:
     command = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
-               "tests/test_sandbox.py", "tests/test_sandbox_hostile.py", *sys.argv[1:]]
+               "tests/test_sandbox.py", "tests/test_sandbox_hostile.py", "tests/test_sandbox_calls.py",
+               *sys.argv[1:]]
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     cases = [m.groups() for m in map(LINE.match, run.stdout.splitlines()) if m]
     by_class: dict[str, list[tuple[str, float, str]]] = defaultdict(list)

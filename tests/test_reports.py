@@ -32,3 +32,20 @@ def test_bench_step_report_prints_the_stored_rows_of_benchmarks():
     benchmarks = (ROOT / "docs/benchmarks.md").read_text()
     rows = [line for line in out.splitlines() if line.startswith(("| old", "| new"))]
     assert len(rows) == 4 and all(row in benchmarks for row in rows)
+
+
+def test_gold_sweep_report_prints_the_stored_rows_of_evaluation():
+    data = ROOT / "docs/data/gold_sweep"
+    out = _run("scripts/gold_sweep.py", "--report", str(data / "before.json"), str(data / "after.json"))
+    evaluation = (ROOT / "docs/evaluation.md").read_text()
+    rows = [line for line in out.splitlines() if line.startswith(("| before", "| after"))]
+    assert len(rows) == 6 and all(row in evaluation for row in rows)
+    assert "| after | minerva | 272 | 231 |" in out and "| before | minerva | 272 | 224 |" in out
+
+
+def test_hostile_cases_stored_for_both_sandboxes_match_code_reward():
+    data = ROOT / "docs/data/sandbox_round2"
+    old = (data / "calls_on_the_old_sandbox.txt").read_text()
+    new = (data / "calls_on_this_sandbox.txt").read_text()
+    assert "17 of 21 attacks worked" in old and "0 of 21 attacks worked" in new
+    assert "17 of whose 21 attacks scored 1" in (ROOT / "docs/code_reward.md").read_text()

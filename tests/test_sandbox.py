@@ -46,9 +46,9 @@ def _leftovers() -> list[str]:
     return found
 
 
-def _hostile(name: str, program: str, tests=("assert True",), config=HOSTILE):
+def _hostile(name: str, program: str, tests=("assert True",), config=HOSTILE, setup: str = ""):
     start = time.monotonic()
-    result = run_tests(program, list(tests), config=config)
+    result = run_tests(program, list(tests), setup=setup, config=config)
     wall = time.monotonic() - start
     case = os.environ.get("PYTEST_CURRENT_TEST", "?").split("::")[-1].split("[")[0].split(" ")[0]
     print(f"\n[hostile] {case} | {name}: {wall:.2f} s wall, status {result.status}")

@@ -110,9 +110,18 @@ def _audit_hook(event: str, args: tuple) -> None:
         raise PermissionError(f"sandbox: {event}{args} is not allowed")
 
 
-def _judges(plain_copy, binop, bool_=bool):
-    """The comparisons, arithmetic and truth test of a test judged here (``harden.harden``):
-    on plain copies only, so no ``__eq__``, ``__sub__`` or ``__bool__`` of the program runs."""
+def _judges(plain_copy, binop, program_object, bool_=bool, type_=type, getattr_=getattr,
+            flags=type.__dict__["__flags__"].__get__, heap=1 << 9):
+    """The comparisons, arithmetic, truth test and method calls of a test judged here
+    (``harden.harden``): on plain copies only, so no ``__eq__``, ``__sub__`` or ``__bool__`` of
+    the program runs; a method of a plain type is called through the type itself, on a receiver
+    and arguments of plain data only, and a method of any other receiver only where that is an
+    object of a class the program wrote or of the interpreter's own types (a ``deque``, a
+    module), never a subclass of one (a ``list`` whose ``count`` lies)."""
+    import collections
+
+    plain_types = (str, bytes, list, tuple, dict, set, frozenset, int, float, complex, bool,
+                   collections.Counter, collections.OrderedDict, collections.defaultdict)
     def compare(left, op, right):
         left, right = plain_copy(left), plain_copy(right)
         if op == "==":
@@ -135,12 +144,26 @@ def _judges(plain_copy, binop, bool_=bool):
     def truth(value):
         return bool_(plain_copy(value))
 
-    return compare, arithmetic, truth
+    def method(receiver, name, *args, **kwargs):
+        kind = type_(receiver)
+        if kind in plain_types:
+            plain_copy(receiver)
+            for arg in args:  # plain data; or a map, generator, function of the interpreter's
+                if type_(arg) in plain_types or flags(type_(arg)) & heap:
+                    plain_copy(arg)
+            return getattr_(kind, name)(receiver, *args, **kwargs)
+        if not flags(kind) & heap or program_object(receiver):
+            return getattr_(receiver, name)(*args, **kwargs)
+        raise TypeError(f"sandbox: {name} of a {kind.__name__} is not called in a test")
+
+    return compare, arithmetic, truth, method
 
 
-def _run(request, report, nonce, encode, compare, arithmetic, truth, exec_=exec, eval_=eval, compile_=compile,
+def _run(request, report, nonce, probe, compare, arithmetic, truth, method, exec_=exec,
+         compile_=compile,
          error=BaseException, enumerate_=enumerate, exit_=os._exit, len_=len, dict_=dict,
-         builtins_=dict(builtins.__dict__), settrace=sys.settrace, setprofile=sys.setprofile):
+         builtins_=dict(builtins.__dict__), settrace=sys.settrace, setprofile=sys.setprofile,
+         importer=builtins.__import__):
     """Load the program, run each test, report; every name used is bound before the program
     runs, and each test sees the builtins as they were before it (a test's own names only:
     the program's functions keep the builtins they were defined with)."""
@@ -156,13 +179,12 @@ def _run(request, report, nonce, encode, compare, arithmetic, truth, exec_=exec,
     for index, test in enumerate_(request["tests"]):
         settrace(None)
         setprofile(None)
-        namespace["__builtins__"] = dict_(builtins_)
+        namespace["__builtins__"] = dict_(builtins_, __import__=importer)
         namespace["__sandbox_compare__"], namespace["__sandbox_binop__"] = compare, arithmetic
-        namespace["__sandbox_truth__"] = truth
+        namespace["__sandbox_truth__"], namespace["__sandbox_method__"] = truth, method
         try:
             if "probes" in test:
-                values = [encode(eval_(compile_(p, f"<test {index}>", "eval"), namespace))
-                          for p in test["probes"]]
+                values = [probe(p, namespace, f"<test {index}>") for p in test["probes"]]
                 ok = "v [" + ",".join(values) + "]"
                 ok = "0" if len_(ok) > _MAX_LINE else ok
             else:
@@ -175,6 +197,46 @@ def _run(request, report, nonce, encode, compare, arithmetic, truth, exec_=exec,
     report(f"{nonce} done\n".encode())
     _flush()
     exit_(0)
+
+
+def _prober(encode, program_object, unencodable, eval_=eval, compile_=compile, type_=type,
+            str_=str):
+    """``probe(source, namespace, name)``: the encoded value of one probe (see
+    ``plan.TestPlan.probes``). For a method probe ``[receiver, call]`` it is the receiver tagged
+    ``R`` when that is plain data (the parent makes the call), the call's value when the
+    receiver is an object of a class the program wrote, and an error for anything else (a
+    ``list`` subclass whose ``count`` lies)."""
+    def probe(source, namespace, name):
+        if type_(source) is str_:
+            return encode(eval_(compile_(source, name, "eval"), namespace))
+        receiver = eval_(compile_(source[0], name, "eval"), namespace)
+        try:
+            return '["R",' + encode(receiver) + "]"
+        except unencodable:
+            if not program_object(receiver):
+                raise
+        namespace[_RECEIVER] = receiver
+        return encode(eval_(compile_(source[1], name, "eval"), namespace))
+
+    return probe
+
+
+def _pristine_importer(modules=("math",), import_=builtins.__import__, module_type=type(sys)):
+    """An ``__import__`` for the tests the child judges: the modules a test may compute with
+    (``math``) as copies made before the program ran, so ``import math`` in a test gets neither a
+    module the program put in ``sys.modules`` nor functions it patched into the real one."""
+    copies = {}
+    for name in modules:
+        copy = module_type(name)
+        copy.__dict__.update(import_(name).__dict__)
+        copies[name] = copy
+
+    def importer(name, globals=None, locals=None, fromlist=(), level=0):
+        if level == 0 and name in copies:
+            return copies[name]
+        return import_(name, globals, locals, fromlist, level)
+
+    return importer
 
 
 def _print_error() -> None:
@@ -196,6 +258,7 @@ def _flush() -> None:
 
 _PARENT = os.getppid()
 _MAX_LINE = 256 * 1024  # a longer report line (a huge value) fails its test
+_RECEIVER = "__sandbox_receiver__"  # plan.RECEIVER
 
 
 def _helpers(compiled):
@@ -261,8 +324,9 @@ def main() -> None:
     os.set_blocking(fd, False)  # a full pipe fails a test instead of hanging the run
     if request["audit_hook"]:
         sys.addaudithook(_audit_hook)
-    _run(request, _reporter(fd), nonce, values.encode,
-         *_judges(values.plain_copy, values.binop))
+    probe = _prober(values.encode, values.program_object, values.Unencodable)
+    _run(request, _reporter(fd), nonce, probe, *_judges(values.plain_copy, values.binop, values.program_object),
+         importer=_pristine_importer())
 
 
 def _reporter(fd, write=os.write, error=OSError):

@@ -10,9 +10,11 @@ from __future__ import annotations
 import ast
 from functools import lru_cache
 
+from ibpo_lightning.rewards.sandbox.library import METHOD_NAMES
 from ibpo_lightning.rewards.sandbox.plan import binop_call
 
 COMPARE, TRUTH, BINOP = "__sandbox_compare__", "__sandbox_truth__", "__sandbox_binop__"
+METHOD = "__sandbox_method__"
 _COMPARISONS = {ast.Eq: "==", ast.NotEq: "!=", ast.In: "in", ast.NotIn: "not in", ast.Lt: "<",
                 ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">="}
 
@@ -22,7 +24,8 @@ def harden(test: str) -> str:
     """A test the child must judge itself, rewritten so that values the program made cannot lie
     to it: every ``a == b`` (any comparison but ``is``) becomes ``__sandbox_compare__(a, "==",
     b)``, every ``a - b`` (any binary operator) ``__sandbox_binop__("-", a, b)`` and every
-    ``assert e`` ``assert __sandbox_truth__(e)``; the child binds them to functions that work on
+    ``assert e`` ``assert __sandbox_truth__(e)`` and every ``x.count(2)`` (a method of a plain
+    type) ``__sandbox_method__(x, "count", 2)``; the child binds them to functions that work on
     plain copies of the values (and refuse anything else), see ``child._judges``. Still inside the program's process: a program that tampers
     with the harness itself can defeat this, which judging in the parent does not allow."""
     try:
@@ -42,6 +45,13 @@ def harden(test: str) -> str:
         def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
             self.generic_visit(node)
             return ast.copy_location(binop_call(BINOP, node.left, node.op, node.right), node)
+
+        def visit_Call(self, node: ast.Call) -> ast.AST:
+            self.generic_visit(node)
+            if not (isinstance(node.func, ast.Attribute) and node.func.attr in METHOD_NAMES):
+                return node
+            args = [node.func.value, ast.Constant(node.func.attr), *node.args]
+            return ast.copy_location(ast.Call(ast.Name(METHOD, ast.Load()), args, node.keywords), node)
 
         def visit_Assert(self, node: ast.Assert) -> ast.AST:
             self.generic_visit(node)

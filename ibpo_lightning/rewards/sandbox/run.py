@@ -35,7 +35,8 @@ from ibpo_lightning.rewards.sandbox.confine_uids import kill_uid, lease_uid
 from ibpo_lightning.rewards.sandbox.namespaces import compiled_helpers, runs_dir, shared_namespaces
 from ibpo_lightning.rewards.sandbox.values import decode_list
 from ibpo_lightning.rewards.sandbox.harden import harden
-from ibpo_lightning.rewards.sandbox.plan import SAFE_CALLS, TestPlan, defined_names, plan_test
+from ibpo_lightning.rewards.sandbox.library import SAFE_CALLS
+from ibpo_lightning.rewards.sandbox.plan import TestPlan, defined_names, imported_names, plan_test
 
 _CHILD = str(Path(__file__).with_name("child.py"))
 _STATUS_BY_SIGNAL = {signal.SIGXCPU: "cpu_limit", signal.SIGXFSZ: "file_size_limit"}
@@ -150,8 +151,11 @@ def _plans(program: str, tests: list[str], setup: str, preamble: str,
            config: SandboxConfig) -> list[TestPlan | None]:
     if not config.strict_tests:
         return [None] * len(tests)
+    program_names = defined_names(program)
     names = defined_names(preamble, program, setup) & SAFE_CALLS
-    return [plan_test(test, names) for test in tests]
+    imported = imported_names(setup) | frozenset(
+        (name, target) for name, target in imported_names(preamble) if name not in program_names)
+    return [plan_test(test, names, imported) for test in tests]
 
 
 def _run_in(outer: Path, uid: int | None, program: str, tests: list[str], setup: str,

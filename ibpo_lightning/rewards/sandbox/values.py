@@ -36,10 +36,45 @@ class Unencodable(ValueError):
     """The value is not plain data (or is too big or too deep to send)."""
 
 
+class Receiver:
+    """In the parent: the decoded value on which a test calls a method (``f(x).count(2)``),
+    sent by the child instead of the call's result; the parent makes the call (see
+    ``library.probed_method``)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value) -> None:
+        self.value = value
+
+
+def program_object(value, _type=type, _base=type.__dict__["__base__"].__get__,
+                   _flags=type.__dict__["__flags__"].__get__, _heap=1 << 9, _object=object):
+    """Whether ``value`` is an instance of a class the program wrote that derives from no type of
+    the interpreter's (every class in its ``tp_base`` chain but ``object`` is a heap type: read
+    from the type's C slots, which neither ``__class__`` nor a metaclass can fake). Its methods
+    are the program's own answers; a ``list`` or ``int`` subclass, a ``deque`` subclass or a
+    builtin object is not one."""
+    cls = _type(value)
+    while cls is not _object:
+        if not _flags(cls) & _heap:
+            return False
+        cls = _base(cls)
+    return True
+
+
+_ITERATORS = (type(iter([])), type(iter(())), type(iter("")), type(iter(range(0))), type(map(int, [])),
+              type(filter(None, [])), type(zip()), type(enumerate([])), type(reversed([])),
+              type(x for x in []), type(iter(set())), type(iter({})), type(iter({}.values())),
+              type(iter({}.items())), range)
+
+
 def encode(value, _type=type, _len=len, _hex=hex, _fhex=float.hex, _items=dict.items,
            _dicts=(dict, collections.Counter, collections.OrderedDict, collections.defaultdict),
-           _error=Unencodable, _dumps=json.dumps, _str=str.__str__, _bytes_hex=bytes.hex):
-    """JSON text of a plain value; :class:`Unencodable` otherwise."""
+           _error=Unencodable, _dumps=json.dumps, _str=str.__str__, _bytes_hex=bytes.hex,
+           _iterators=_ITERATORS, _iter=iter, _next=next, _stop=StopIteration):
+    """JSON text of a plain value; :class:`Unencodable` otherwise. An iterator of the
+    interpreter's own types (a generator, ``map``, ``filter``, ``zip``, ``range``, ...) travels as
+    its items (read at most to the size limit) and is decoded as an iterator over them."""
     budget = [MAX_ITEMS]
 
     def walk(x, depth):
@@ -66,6 +101,14 @@ def encode(value, _type=type, _len=len, _hex=hex, _fhex=float.hex, _items=dict.i
             return [tag, [walk(item, depth + 1) for item in t.__iter__(x)]]
         if t in _dicts:
             return ["d", [[walk(k, depth + 1), walk(v, depth + 1)] for k, v in _items(x)]]
+        if t in _iterators:
+            items, it = [], _iter(x)
+            while True:
+                try:
+                    item = _next(it)
+                except _stop:
+                    return ["I", items]
+                items.append(walk(item, depth + 1))
         raise _error(f"not plain data: {t.__name__}")
 
     return _dumps(walk(value, 0), separators=(",", ":"))
@@ -148,6 +191,10 @@ def _decode(node, depth: int):
         if tag in ("l", "t", "S", "F") and isinstance(arg, list):
             items = [_decode(item, depth + 1) for item in arg]
             return {"l": list, "t": tuple, "S": set, "F": frozenset}[tag](items)
+        if tag == "R":
+            return Receiver(_decode(arg, depth + 1))
+        if tag == "I" and isinstance(arg, list):
+            return iter([_decode(item, depth + 1) for item in arg])
         if tag == "d" and isinstance(arg, list):
             pairs = [(_decode(k, depth + 1), _decode(v, depth + 1)) for k, v in arg]
             return dict(pairs)
