@@ -92,14 +92,50 @@ class InterruptCheckpoint(Callback):
 
 
 def find_last(root: str | Path) -> Path | None:
-    """The most recently written checkpoint of any run under ``root`` (files or sharded directories
-    named ``last.ckpt`` or ``interrupted.ckpt``; ``<name>.old`` where a kill during
+    """The most recently written checkpoint of any run under ``root``: any ``*.ckpt`` file or
+    sharded directory (``last.ckpt``, ``interrupted.ckpt``, or named by ``ModelCheckpoint``'s
+    ``filename``, such as ``epoch=0-step=5.ckpt``; ``<name>.old`` where a kill during
     :func:`swap_in` left only that), or None. Never a ``.partial`` save."""
-    found = []
-    for name in CHECKPOINT_NAMES:
-        found += Path(root).rglob(name)
-        found += [old for old in Path(root).rglob(name + OLD) if not old.with_name(name).exists()]
+    root = Path(root)
+    found = [p for p in root.rglob("*.ckpt") if PARTIAL not in p.parent.name]
+    found += [old for old in root.rglob("*.ckpt" + OLD) if not old.with_name(old.name[: -len(OLD)]).exists()]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def checkpoint_summary(path: str | Path) -> dict:
+    """What a checkpoint says of its run without loading its tensors: ``step`` (Lightning's
+    ``global_step``) and ``signature`` (the estimator and loss settings ``PolicyModule`` saved;
+    {} for checkpoints of other modules); {} where it cannot be read this way (a sharded
+    directory without ``meta.pt``)."""
+    import torch
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "meta.pt"
+        if not path.exists():
+            return {}
+    try:
+        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception:  # noqa: BLE001 (a note only: the resume itself reports a bad file)
+        return {}
+    return {"step": ckpt.get("global_step"), "signature": ckpt.get("run_signature", {})}
+
+
+def resume_notes(path: str | Path, total_steps: int | None, signature: dict) -> list[str]:
+    """Lines to print before resuming from ``path``: which step; that nothing is left to train
+    when the checkpoint is at the run's end; that it was made with another estimator or loss."""
+    summary = checkpoint_summary(path)
+    step = summary.get("step")
+    notes = [f"resuming from {path}" + (f" at step {step}" if step is not None else "")]
+    if step is not None and total_steps and step >= total_steps:
+        notes.append(f"note: the checkpoint is at step {step}, where this run ends (data.steps x "
+                     f"trainer.max_epochs = {total_steps}): nothing is left to train; raise --data.steps "
+                     "to train further")
+    saved = summary.get("signature") or {}
+    for key in ("estimator", "loss"):
+        if saved.get(key) is not None and signature.get(key) is not None and saved[key] != signature[key]:
+            notes.append(f"note: the checkpoint was made with {key} {saved[key]}, this run uses {signature[key]}")
+    return notes
 
 
 def warn_if_tearable(trainer) -> None:

@@ -18,8 +18,9 @@ import warnings
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from ibpo_lightning.checkpointing import find_last, warn_if_tearable
+from ibpo_lightning.checkpointing import find_last, resume_notes, warn_if_tearable
 from ibpo_lightning.data import RLDataModule
+from ibpo_lightning.diagnostics import RunHealth
 from ibpo_lightning.estimators import Estimator
 from ibpo_lightning.module import PolicyModule
 from ibpo_lightning.precision import Trainer
@@ -49,18 +50,26 @@ class SFTCLI(LightningCLI):
             if last is None:
                 print(f"--ckpt_path last: no checkpoint under {self.trainer.default_root_dir}; starting fresh",
                       file=sys.stderr)
-            else:
-                print(f"resuming from {last}", file=sys.stderr)
             config["ckpt_path"] = None if last is None else str(last)
+        if config.get("ckpt_path"):
+            steps = getattr(self.datamodule, "steps", None)
+            epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+            total = self.trainer.max_steps if self.trainer.max_steps > 0 else (steps * epochs if steps else None)
+            estimator = next((cb for cb in self.trainer.callbacks if isinstance(cb, Estimator)), None)
+            signature = self.model.run_signature(estimator) if hasattr(self.model, "run_signature") else {}
+            for line in resume_notes(config["ckpt_path"], total, signature):
+                print(line, file=sys.stderr)
 
 
 class IBPOCLI(SFTCLI):
-    """Adds ``rollout:`` and ``estimator:`` (chosen by ``class_path``) as forced callbacks; runs
-    start fresh unless ``--ckpt_path`` says otherwise, as in ``SFTCLI``."""
+    """Adds ``rollout:``, ``estimator:`` (chosen by ``class_path``) and ``health:`` (run-health
+    warnings, on by default) as forced callbacks; runs start fresh unless ``--ckpt_path`` says
+    otherwise, as in ``SFTCLI``."""
 
     def add_arguments_to_parser(self, parser) -> None:
         super().add_arguments_to_parser(parser)
         parser.add_lightning_class_args(Estimator, "estimator", subclass_mode=True, required=True)
+        parser.add_lightning_class_args(RunHealth, "health")
 
 
 # Lightning warnings that this design triggers on purpose (see docs/architecture.md)
@@ -76,8 +85,30 @@ EXPECTED_WARNINGS = (
 )
 
 
+def check_config_files(args: list[str]) -> None:
+    """Parse every ``-c``/``--config`` file given, so that a YAML syntax error names its file, line
+    and column (the CLI's own parser names ``"<unicode string>"``, and with stacked ``-c`` files
+    one cannot tell which is broken); exits with that one line."""
+    import yaml
+
+    paths = [b for a, b in zip(args, args[1:]) if a in ("-c", "--config")]
+    paths += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    for path in paths:
+        if not os.path.isfile(path):
+            continue  # the CLI says so itself
+        try:
+            with open(path) as f:
+                yaml.safe_load(f)
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise SystemExit(f"error: config file {path}{where}: {problem}") from None
+
+
 def _run(cls: type[LightningCLI], module: type, data: type, args: list[str] | None) -> LightningCLI:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    check_config_files(sys.argv[1:] if args is None else args)
     for pattern in EXPECTED_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     return cls(module, data, parser_kwargs={"parser_mode": "omegaconf"}, save_config_kwargs={"overwrite": True},
@@ -96,7 +127,8 @@ def run_sft_cli(args: list[str] | None = None) -> SFTCLI:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point of ``ibpo``; a run stopped by SIGTERM (after saving, see
-    ``checkpointing.InterruptCheckpoint``) exits with status 143, as a terminated process does.
+    ``checkpointing.InterruptCheckpoint``) exits with status 143, by Ctrl-C (SIGINT) with 130, as
+    a terminated or interrupted process does.
     ``ibpo sft ARGS`` is ``run_sft_cli(["fit", *ARGS])`` (or ``validate``/``test`` when ARGS start
     with one)."""
     given = sys.argv[1:] if argv is None else argv
@@ -108,6 +140,10 @@ def main(argv: list[str] | None = None) -> None:
             run_cli(argv)
     except SIGTERMException:
         sys.exit(128 + signal.SIGTERM)
+    except SystemExit as stop:  # Lightning saves on Ctrl-C, then exits 1: say 130, as an interrupted process does
+        if stop.code == 1 and isinstance(stop.__context__, KeyboardInterrupt):
+            sys.exit(128 + signal.SIGINT)
+        raise
 
 
 if __name__ == "__main__":

@@ -114,10 +114,20 @@ class PolicyModule(PolicyHost):
         return {"rollout": result.batch}
 
     # -- checkpoint state (the host's, plus the count of steps with nothing to learn) -----------
+    def run_signature(self, estimator=None) -> dict:
+        """The estimator (by class; ``estimator`` or the connected run's) and the loss settings
+        this run trains with; saved in checkpoints, so a resume made with other ones can say so."""
+        if estimator is None and self._parts is not None:
+            estimator = self._parts.estimator
+        loss = {k: v for k, v in vars(self.loss).items() if k != "entropy_coef_now"}
+        return {"estimator": type(estimator).__name__ if estimator is not None else None, "loss": loss}
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["empty_steps"] = self.empty_steps
+        checkpoint["empty_steps"], checkpoint["loss_state"] = self.empty_steps, self.loss.state_dict()
+        checkpoint["run_signature"] = self.run_signature()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         self.empty_steps = checkpoint.get("empty_steps", 0)
+        self.loss.load_state_dict(checkpoint.get("loss_state", {}))

@@ -34,15 +34,21 @@ def read_series(run_dir: Path) -> dict[str, list[tuple[float, float]]]:
     return series
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="directories holding metrics.csv")
     parser.add_argument("--labels", nargs="*", help="one label per run")
     parser.add_argument("--out", type=Path, default=Path("curves.png"))
-    args = parser.parse_args()
-    labels = args.labels or [str(r) for r in args.runs]
+    args = parser.parse_args(argv)
+    runs = [r.parent if r.name == "metrics.csv" else r for r in args.runs]  # the file or its folder
+    for run in runs:
+        if not (run / "metrics.csv").is_file():
+            parser.error(f"{run} holds no metrics.csv (give a run's csv/version_N folder or its metrics.csv)")
+    if args.labels and len(args.labels) != len(runs):
+        parser.error(f"{len(runs)} runs but {len(args.labels)} --labels: give one label per run")
+    labels = args.labels or [str(r) for r in runs]
     fig, (ax_r, ax_v) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for run, label in zip(args.runs, labels):
+    for run, label in zip(runs, labels):
         s = read_series(run)
         val_steps = s.get("val/accuracy", [])
         if "train/reward_mean" in s:

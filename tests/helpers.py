@@ -65,6 +65,8 @@ class BatchRecorder(Callback):
                "reward": float(trainer.callback_metrics["train/reward_mean"]),  # over ranks
                "loss": float(trainer.callback_metrics["train/pg_loss"]),
                "grad_norm": float(trainer.callback_metrics["train/grad_norm"]),
+               "entropy": float(trainer.callback_metrics["train/entropy"]),
+               "entropy_coef": float(trainer.callback_metrics["train/entropy_coef"]),
                "weights": _checksum(pl_module.policy.named_parameters())}  # a collective under FSDP
         self._write(trainer, row)
 
@@ -118,16 +120,15 @@ class VersionLog(Callback):
 
 
 class SigtermAt(Callback):
-    """Sends this process SIGTERM at the start of training step ``step`` (as a cluster would)."""
+    """Sends this process SIGTERM (or ``signal``, e.g. 2 for Ctrl-C's SIGINT) at the start of
+    training step ``step`` (as a cluster, or a user, would)."""
 
-    def __init__(self, step: int = 1) -> None:
-        self.step = step
+    def __init__(self, step: int = 1, signal: int = 15) -> None:
+        self.step, self.signal = step, signal
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch_idx == self.step:
-            import signal
-
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), self.signal)
 
 
 class KillInsideSave(Callback):

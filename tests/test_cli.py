@@ -129,3 +129,16 @@ def test_own_reward_example_from_the_docs(tmp_path, monkeypatch):
     assert task.verify(["work\n2", "2\nwork", long_right], ["2", "2", "2"]) == [1.0, 0.0, 1.0]
     assert task.score(["work\n2", long_right], ["2", "2"]) == [1.0, 0.5]
     task.close()  # a plain function has no close(): nothing to do, no error
+
+
+def test_yaml_syntax_error_names_the_file_line_and_column(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("data:\n  steps: 3\n")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model:\n  loss:\n    kl_coef: [0.1\n  memory: {}\n")
+    for args in (["-c", str(good), "-c", str(broken)], [f"--config={broken}"]):
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(["fit", "-c", str(ROOT / "configs/tiny.yaml"), *args])
+        message = str(exit_info.value)
+        assert message.startswith(f"error: config file {broken}, line ") and "column" in message
+        assert "good.yaml" not in message

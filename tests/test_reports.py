@@ -49,3 +49,18 @@ def test_hostile_cases_stored_for_both_sandboxes_match_code_reward():
     new = (data / "calls_on_this_sandbox.txt").read_text()
     assert "17 of 21 attacks worked" in old and "0 of 21 attacks worked" in new
     assert "17 of whose 21 attacks scored 1" in (ROOT / "docs/code_reward.md").read_text()
+
+
+def test_plot_run_takes_the_file_or_its_folder_and_one_label_per_run(tmp_path):
+    run = tmp_path / "csv/version_0"
+    run.mkdir(parents=True)
+    (run / "metrics.csv").write_text("step,policy_version,train/reward_mean,val/accuracy\n"
+                                     "0,1,0.2,\n1,2,0.4,\n1,,,0.5\n")
+    out = _run("scripts/plot_run.py", str(run / "metrics.csv"), "--out", str(tmp_path / "a.png"))
+    assert (tmp_path / "a.png").stat().st_size > 0 and "wrote" in out
+    proc = subprocess.run([sys.executable, "scripts/plot_run.py", str(run), str(run), "--labels", "one"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "2 runs but 1 --labels" in proc.stderr
+    proc = subprocess.run([sys.executable, "scripts/plot_run.py", str(tmp_path)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "holds no metrics.csv" in proc.stderr

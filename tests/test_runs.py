@@ -166,3 +166,37 @@ def test_find_last_takes_the_old_checkpoint_only_where_a_swap_was_cut_short(tmp_
     last = _sharded(run / "last.ckpt", "step 3")  # killed while the old one was being removed
     os.utime(old, (last.stat().st_mtime + 60,) * 2)  # removing files from it touches it after the new one
     assert find_last(tmp_path) == last
+
+
+def test_ctrl_c_saves_and_exits_130(tmp_path):
+    overlay = tmp_path / "run.yaml"
+    overlay.write_text(RUN.format(root=tmp_path) + "    - class_path: tests.helpers.SigtermAt\n"
+                       "      init_args: {step: 1, signal: 2}\n")
+    proc = subprocess.run([sys.executable, "-m", "ibpo_lightning.cli", "fit", "-c", "configs/tiny.yaml", "-c",
+                           str(overlay), f"--trainer.default_root_dir={tmp_path}", "--data.steps=6", *QUIET],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    assert list(tmp_path.glob("csv/version_0/checkpoints/interrupted.ckpt")), "Ctrl-C saves the state first"
+
+
+def test_last_finds_step_named_checkpoints(tmp_path):
+    named = tmp_path / "csv/version_0/checkpoints/epoch=0-step=1.ckpt"  # ModelCheckpoint's own naming
+    named.parent.mkdir(parents=True)
+    named.write_text("a checkpoint")
+    assert find_last(tmp_path) == named
+    inside = _sharded(tmp_path / "other.ckpt.partial", "torn")
+    (inside / "nested.ckpt").write_text("part of a partial save")
+    assert find_last(tmp_path) == named, "nothing inside a .partial save counts"
+
+
+def test_resume_says_its_step_a_finished_run_and_another_estimator(tmp_path, capsys):
+    _fit(tmp_path)  # IBPO, 2 steps: last.ckpt at step 2
+    capsys.readouterr()
+    _fit(tmp_path, "--ckpt_path=last")
+    err = capsys.readouterr().err
+    assert "at step 2" in err and "note: the checkpoint is at step 2, where this run ends" in err
+    assert "raise --data.steps" in err and "made with estimator" not in err
+    _fit(tmp_path, "--ckpt_path=last", "--trainer.max_epochs=2", "--estimator=ibpo_lightning.estimators.GRPO")
+    err = capsys.readouterr().err
+    assert "note: the checkpoint was made with estimator IBPO, this run uses GRPO" in err
+    assert "where this run ends" not in err

@@ -24,6 +24,7 @@ def token_logprobs(
     with_entropy: bool = False,
     share_prompts: bool = True,
     chunk_tokens: int | None = None,
+    entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(x_t | x_<t) where ``score_mask`` is set (0 elsewhere), and optionally the entropy.
 
@@ -32,12 +33,14 @@ def token_logprobs(
     runs a prompt shared by several rows once (off under FSDP, where every call must make the
     same collectives whatever the rows are). ``chunk_tokens`` runs the output head over at most
     that many scored positions at a time and never keeps their whole [positions, vocabulary]
-    logits (``losses.chunked_head``; None: all at once).
+    logits (``losses.chunked_head``; None: all at once). ``entropy_grad``: the entropy carries a
+    gradient (an entropy bonus in the loss); otherwise it is a detached diagnostic.
     """
     if not _has_decoder(model):  # no separable output projection: full logits
         wanted = _predictable(score_mask)
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        return _scatter_logprobs(logits[:, :-1][wanted[:, 1:]].float() / temperature, input_ids, wanted, with_entropy)
+        return _scatter_logprobs(logits[:, :-1][wanted[:, 1:]].float() / temperature, input_ids, wanted, with_entropy,
+                                 entropy_grad)
     starts = _first_scored(score_mask)
     contexts = [tuple(input_ids[i, : starts[i]].tolist()) for i in range(len(starts))]
     shares = len(set(contexts)) < len(contexts)
@@ -46,7 +49,7 @@ def token_logprobs(
     else:
         hidden, wanted = _plain_hidden(model, input_ids, attention_mask, score_mask)
     picked, entropy = head_logprobs(model.get_output_embeddings(), hidden, input_ids[wanted], temperature,
-                                    chunk_tokens, with_entropy)
+                                    chunk_tokens, with_entropy, entropy_grad)
     return _scatter(picked, entropy, input_ids, wanted)
 
 
@@ -117,17 +120,17 @@ def _scatter(picked, entropy, input_ids, wanted):
     full_entropy = None
     if entropy is not None:
         full_entropy = torch.zeros_like(logp)
-        full_entropy[wanted] = entropy.detach()
+        full_entropy[wanted] = entropy
     return logp, full_entropy
 
 
-def _scatter_logprobs(logits, input_ids, wanted, with_entropy):
+def _scatter_logprobs(logits, input_ids, wanted, with_entropy, entropy_grad=False):
     """Log-prob (and entropy) of each wanted token from full logits, placed into [n, L] tensors."""
     targets = input_ids[wanted]  # row-major order, as the hidden states were gathered
     logz = torch.logsumexp(logits, dim=-1)
     picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
     entropy = None
     if with_entropy:
-        with torch.no_grad():
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             entropy = logz - (torch.softmax(logits, dim=-1) * logits).sum(-1)
     return _scatter(picked, entropy, input_ids, wanted)

@@ -8,6 +8,12 @@ Per token t of sequence i, with advantage A and loss weight w (both from the est
 * clipped term: max(-r A, -clip(r, 1 - eps_low, 1 + eps_high) A), optionally dual-clipped at
   -dual_clip * A for negative A (Ye et al. 2020).
 * KL to the reference (k1 | k2 | k3, Schulman's estimators) added with coefficient ``kl_coef``.
+* an entropy bonus: ``- entropy_coef * H_t`` per token (H_t the policy's entropy at the token's
+  position, with its gradient), either fixed or, with ``target_entropy``, adapted after every
+  optimizer update: the coefficient moves by ``entropy_coef_step`` up when the batch's mean entropy
+  is under the target and down when it is over, within [0, ``entropy_coef_max``] (the fixed-step
+  rule of adaptive entropy control, as Skywork-OR1 describes it; the step, the clamp and applying
+  it per update are chosen here).
 * aggregation ``token_mean`` (sum over all weighted tokens / their total, DAPO),
   ``seq_mean_token_mean`` (mean over sequences of per-sequence token means, GRPO),
   ``token_sum_norm`` (token sums / ``norm_constant``, averaged over sequences, Dr.GRPO).
@@ -70,6 +76,11 @@ class PolicyLoss:
             (Dr.GRPO uses the maximum generation length).
         kl_coef: coefficient of the KL-to-reference term; 0 turns the reference forward off.
         kl_estimator: ``k1``, ``k2`` or ``k3``.
+        entropy_coef: coefficient of the entropy bonus (the starting one when adaptive); 0 and no
+            ``target_entropy``: no bonus.
+        target_entropy: mean token entropy (nats) the adaptive coefficient holds; None: fixed.
+        entropy_coef_step: how far the adaptive coefficient moves per optimizer update.
+        entropy_coef_max: the adaptive coefficient's upper bound.
     """
 
     def __init__(
@@ -82,6 +93,10 @@ class PolicyLoss:
         norm_constant: float = 1024.0,
         kl_coef: float = 0.0,
         kl_estimator: KLEstimator = "k3",
+        entropy_coef: float = 0.0,
+        target_entropy: float | None = None,
+        entropy_coef_step: float = 0.001,
+        entropy_coef_max: float = 0.05,
     ) -> None:
         if ratio not in ("token", "sequence", "none"):
             raise ValueError(f"loss.ratio must be token, sequence or none, got {ratio!r}")
@@ -94,6 +109,32 @@ class PolicyLoss:
         self.ratio, self.eps_low, self.eps_high, self.dual_clip = ratio, eps_low, eps_high, dual_clip
         self.aggregation, self.norm_constant = aggregation, norm_constant
         self.kl_coef, self.kl_estimator = kl_coef, kl_estimator
+        if entropy_coef < 0 or entropy_coef_step < 0 or entropy_coef_max < 0:
+            raise ValueError("loss.entropy_coef, loss.entropy_coef_step and loss.entropy_coef_max must be >= 0")
+        if target_entropy is not None and target_entropy <= 0:
+            raise ValueError(f"loss.target_entropy must be > 0 (nats) or null, got {target_entropy}")
+        self.entropy_coef, self.target_entropy = entropy_coef, target_entropy
+        self.entropy_coef_step, self.entropy_coef_max = entropy_coef_step, entropy_coef_max
+        self.entropy_coef_now = entropy_coef
+        """The coefficient in use (moves when adaptive; saved in checkpoints)."""
+
+    @property
+    def entropy_bonus(self) -> bool:
+        """Whether the loss needs the entropy with its gradient."""
+        return self.entropy_coef_now > 0 or self.target_entropy is not None
+
+    def adapt(self, mean_entropy: float) -> None:
+        """One step of the adaptive coefficient toward ``target_entropy`` (no-op when fixed)."""
+        if self.target_entropy is None:
+            return
+        step = self.entropy_coef_step if mean_entropy < self.target_entropy else -self.entropy_coef_step
+        self.entropy_coef_now = min(max(self.entropy_coef_now + step, 0.0), self.entropy_coef_max)
+
+    def state_dict(self) -> dict:
+        return {"entropy_coef_now": self.entropy_coef_now}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.entropy_coef_now = state.get("entropy_coef_now", self.entropy_coef_now)
 
     def normaliser(self, weights: torch.Tensor) -> float:
         """The denominator for a whole mini-batch; weights [N, L]."""
@@ -112,6 +153,7 @@ class PolicyLoss:
         weights: torch.Tensor,  # [n, L] loss weights, 0 outside trained tokens
         normaliser: float,
         ref_logp: torch.Tensor | None = None,  # [n, L]
+        entropy: torch.Tensor | None = None,  # [n, L] with its gradient, for the entropy bonus
     ) -> tuple[torch.Tensor, LossStats]:
         """Loss contribution of these rows to a mini-batch whose normaliser is given."""
         active = weights > 0
@@ -136,6 +178,8 @@ class PolicyLoss:
         if ref_logp is not None and self.kl_coef > 0:
             kl = kl_penalty(logp, ref_logp, self.kl_estimator)
             per_token = per_token + self.kl_coef * kl
+        if entropy is not None and self.entropy_coef_now > 0:
+            per_token = per_token - self.entropy_coef_now * entropy
         loss = self._aggregate(per_token, weights) / normaliser
         n_active = active.sum().clamp(min=1)
         masked_ratio = ratio.detach()[active] if active.any() else ratio.new_ones(1)

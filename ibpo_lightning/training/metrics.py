@@ -8,8 +8,10 @@ from ibpo_lightning.types import Kind, RolloutBatch
 
 
 def batch_metrics(batch: RolloutBatch) -> dict[str, float]:
-    """Reward, accuracy and length of the fresh samples; statistics of the advantages on the
-    tokens that carry loss weight; and the batch's own diagnostics (``batch.stats``)."""
+    """Reward, accuracy and length of the fresh samples; the share of groups whose samples all got
+    one reward (of the groups drawn, under dynamic sampling, which drops them); statistics of the
+    advantages on the tokens that carry loss weight; and the batch's own diagnostics
+    (``batch.stats``)."""
     fresh = batch.rows(lambda t: t.kind == Kind.FRESH)
     rewards = batch.rewards[fresh]
     lengths = torch.tensor([len(batch.trajectories[i].response_ids) for i in fresh], dtype=torch.float32)
@@ -21,10 +23,22 @@ def batch_metrics(batch: RolloutBatch) -> dict[str, float]:
         "train/accuracy": float((rewards >= 1.0).float().mean()),
         "train/response_length": float(lengths.mean()),
         "train/truncated_fraction": sum(not batch.trajectories[i].finished for i in fresh) / len(fresh),
+        "train/truncated_reward": _mean([float(batch.rewards[i]) for i in fresh if not batch.trajectories[i].finished]),
         "train/adv_mean": float(adv.mean()),
         "train/adv_std": float(adv.std()) if adv.numel() > 1 else 0.0,
         "train/adv_abs_mean": float(adv.abs().mean()),
         "train/adv_zero_fraction": float((adv == 0).float().mean()),
     }
+    groups = batch.fresh_groups()
+    uniform = sum(len({float(batch.rewards[i]) for i in rows}) == 1 for rows in groups.values())
+    metrics["train/zero_variance_groups"] = uniform / max(len(groups), 1)
     metrics.update(batch.stats)
+    if batch.stats.get("dynamic/groups_drawn"):
+        drawn = batch.stats["dynamic/groups_drawn"]
+        metrics["train/zero_variance_groups"] = 1.0 - batch.stats["dynamic/groups_kept"] / drawn
     return metrics
+
+
+def _mean(values: list[float]) -> float:
+    """Their mean; 0 for none (a metric must have a value on every rank and step)."""
+    return sum(values) / len(values) if values else 0.0

@@ -62,14 +62,16 @@ class Scorer:
         return self.parallel.pad(batch.group_chunks(rows, self.micro_batch_size, self.micro_batch_tokens))
 
     def logprobs(self, batch: RolloutBatch, rows: list[int], which: Which = "policy",
-                 with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+                 with_entropy: bool = False, entropy_grad: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
         """[len(rows), width] log-probs (and entropy) of ``rows``' response tokens, and the width.
 
-        Gradients flow when grad mode is on; ``rows`` must be one rank-matched micro-batch.
+        Gradients flow when grad mode is on (through the entropy too with ``entropy_grad``);
+        ``rows`` must be one rank-matched micro-batch.
         """
         width = int(batch.attention_mask[rows].sum(-1).max())
         return (*self._score(which, batch.input_ids[rows, :width], batch.attention_mask[rows, :width],
-                             batch.response_mask[rows, :width], with_entropy), width)
+                             batch.response_mask[rows, :width], with_entropy, entropy_grad), width)
 
     def empty_pass(self, which: Which = "policy") -> torch.Tensor:
         """A pass over one two-token row that contributes nothing; matches another rank's pass.
@@ -125,6 +127,7 @@ class Scorer:
         flow when grad mode is on; one rank-matched pass)."""
         return self._score(which, ids, attn, score, False)[0]
 
-    def _score(self, which, ids, attn, score, with_entropy):
+    def _score(self, which, ids, attn, score, with_entropy, entropy_grad=False):
         return self.model(which).token_logprobs(ids, attn, score, self.temperature, with_entropy,
-                                                share_prompts=self.share_prompts, chunk_tokens=self.chunk_tokens)
+                                                share_prompts=self.share_prompts, chunk_tokens=self.chunk_tokens,
+                                                entropy_grad=entropy_grad)

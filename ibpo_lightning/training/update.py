@@ -96,7 +96,8 @@ class PolicyUpdate:
             if micro is None:  # a pass that adds nothing, to match another rank's micro-batch
                 self.backward(self.scorer.empty_pass())
                 continue
-            logp, entropy, width = self.scorer.logprobs(batch, micro, with_entropy=True)
+            logp, entropy, width = self.scorer.logprobs(batch, micro, with_entropy=True,
+                                                        entropy_grad=self.loss.entropy_bonus)
             self.tokens_real += sum(batch.row_length(i) for i in micro)
             self.tokens_padded += len(micro) * width
             w = batch.loss_weights[micro, :width]
@@ -108,19 +109,22 @@ class PolicyUpdate:
             adv = batch.advantages[micro, :width]
             if self.lag_corrected:  # truncated importance sampling: engine -> trainer policy
                 adv = adv * truncated_importance_weight(old_logp, engine_logp, self.tis_cap)
-            loss, st = self.loss(logp, old_logp, adv, w, normaliser, ref_logp)
+            loss, st = self.loss(logp, old_logp, adv, w, normaliser, ref_logp,
+                                 entropy if self.loss.entropy_bonus else None)
             if not torch.isfinite(loss):
                 bad = bad or "loss"  # still backward: the other ranks' passes wait for this one's
             self.backward(loss)
             n_micro += 1
-            st.entropy = float((entropy * w.gt(0)).sum() / w.gt(0).sum().clamp(min=1))
+            st.entropy = float((entropy.detach() * w.gt(0)).sum() / w.gt(0).sum().clamp(min=1))
             for k, v in vars(st).items():
                 stats[k] = _MERGE.get(k, float.__add__)(stats[k], v) if k in stats else v
         norm = self.clip_and_step(opt, parallel, bad)
         if norm is None:  # skipped on every rank
             return None
         out = {k: v / max(n_micro, 1) if k in _AVERAGED else v for k, v in stats.items()}
-        out["grad_norm"] = norm
+        out["grad_norm"], out["entropy_coef"] = norm, self.loss.entropy_coef_now
+        if self.loss.target_entropy is not None:  # every rank moves the coefficient alike
+            self.loss.adapt(parallel.reduce(out.get("entropy", 0.0)) / parallel.world)
         return out
 
     def _clip_and_step(self, opt, parallel, bad: str | None) -> float | None:
