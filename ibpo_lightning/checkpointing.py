@@ -17,6 +17,7 @@ the previous checkpoint complete as ``<name>.old``, which :func:`find_last` then
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -136,6 +137,27 @@ def resume_notes(path: str | Path, total_steps: int | None, signature: dict) -> 
         if saved.get(key) is not None and signature.get(key) is not None and saved[key] != signature[key]:
             notes.append(f"note: the checkpoint was made with {key} {saved[key]}, this run uses {signature[key]}")
     return notes
+
+
+def check_run_dir(trainer) -> None:
+    """Refuse, in one line, a run that could not keep its state: a ``default_root_dir`` that
+    cannot be made or written, and Lightning's ``OnExceptionCheckpoint`` (see the module)."""
+    from lightning.pytorch.callbacks import OnExceptionCheckpoint
+
+    if any(isinstance(cb, OnExceptionCheckpoint) for cb in trainer.callbacks):
+        raise SystemExit("error: Lightning's OnExceptionCheckpoint makes every later fit in this directory resume "
+                         "from its checkpoint without a word, so a second run trains nothing; use "
+                         "ibpo_lightning.checkpointing.InterruptCheckpoint, which saves the same state on Ctrl-C, "
+                         "SIGTERM or a crash without that")
+    root = Path(trainer.default_root_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise SystemExit(f"error: --trainer.default_root_dir {root} cannot hold the run's logs and checkpoints: "
+                         f"{error.strerror or error}") from None
 
 
 def warn_if_tearable(trainer) -> None:

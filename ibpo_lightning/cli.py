@@ -18,9 +18,9 @@ import warnings
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from ibpo_lightning.checkpointing import find_last, resume_notes, warn_if_tearable
+from ibpo_lightning.checkpointing import check_run_dir, find_last, resume_notes, warn_if_tearable
 from ibpo_lightning.data import RLDataModule
-from ibpo_lightning.diagnostics import RunHealth
+from ibpo_lightning.diagnostics import RunHealth, RunHealthError
 from ibpo_lightning.estimators import Estimator
 from ibpo_lightning.module import PolicyModule
 from ibpo_lightning.precision import Trainer
@@ -43,6 +43,7 @@ class SFTCLI(LightningCLI):
         parser.add_lightning_class_args(RolloutCallback, "rollout")
 
     def before_fit(self) -> None:
+        check_run_dir(self.trainer)
         warn_if_tearable(self.trainer)
         config = self.config_init[self.subcommand]
         if config.get("ckpt_path") == "last":
@@ -140,6 +141,9 @@ def main(argv: list[str] | None = None) -> None:
             run_cli(argv)
     except SIGTERMException:
         sys.exit(128 + signal.SIGTERM)
+    except RunHealthError as error:  # the message says what to change: no traceback
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
     except SystemExit as stop:  # Lightning saves on Ctrl-C, then exits 1: say 130, as an interrupted process does
         if stop.code == 1 and isinstance(stop.__context__, KeyboardInterrupt):
             sys.exit(128 + signal.SIGINT)

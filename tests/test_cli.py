@@ -142,3 +142,37 @@ def test_yaml_syntax_error_names_the_file_line_and_column(tmp_path):
         message = str(exit_info.value)
         assert message.startswith(f"error: config file {broken}, line ") and "column" in message
         assert "good.yaml" not in message
+
+
+def test_model_dir_without_tokenizer_or_with_cut_weights_is_named(tmp_path):
+    import shutil
+
+    from ibpo_lightning.models.loading import TOKENIZER_FILES, load_policy, resolve_model_path
+
+    base = Path(resolve_model_path("tiny-random-llama"))
+    model = tmp_path / "model"
+    shutil.copytree(base, model)
+    assert load_policy(str(model))[0] is not None  # the copy loads as it is
+    no_tokenizer = tmp_path / "no_tokenizer"
+    shutil.copytree(base, no_tokenizer, ignore=shutil.ignore_patterns(*TOKENIZER_FILES, "special_tokens_map.json",
+                                                                       "merges.txt", "tokenizer*"))
+    with pytest.raises(FileNotFoundError, match=f"model directory {no_tokenizer} has no tokenizer files"):
+        fit(tmp_path / "a", f"--model.model={no_tokenizer}")
+    weights = next(model.glob("*.safetensors"))
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=f"model weights {weights} are cut short"):
+        fit(tmp_path / "b", f"--model.model={model}")
+    weights.write_bytes(data[:100])
+    with pytest.raises(ValueError, match=f"model weights {weights} are unreadable"):
+        load_policy(str(model))
+
+
+def test_a_run_that_could_not_keep_its_state_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match="default_root_dir /proc/no/such cannot hold the run's logs"):
+        run_cli(["fit", "-c", str(ROOT / "configs/tiny.yaml"), "--trainer.default_root_dir=/proc/no/such"])
+    with pytest.raises(SystemExit, match="OnExceptionCheckpoint .* use ibpo_lightning.checkpointing.InterruptCheckpoint"):
+        run_cli(["fit", "-c", str(ROOT / "configs/tiny.yaml"), f"--trainer.default_root_dir={tmp_path}",
+                 "--trainer.enable_checkpointing=true",
+                 "--trainer.callbacks+=lightning.pytorch.callbacks.OnExceptionCheckpoint",
+                 f"--trainer.callbacks.dirpath={tmp_path}"])

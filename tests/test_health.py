@@ -39,7 +39,7 @@ def _steps(health: RunHealth, rows: list[dict]) -> list[str]:
 
 
 BAD = {  # check: the healthy metrics with the one that is wrong
-    "truncation": {"train/truncated_fraction": 0.9},
+    "truncation": {"train/truncated_fraction": 0.95},
     "zero_variance": {"train/zero_variance_groups": 1.0},
     "entropy": {"train/entropy": 0.01},
     "mismatch": {"rollout/logprob_diff_mean": 0.5},

@@ -64,3 +64,15 @@ def test_plot_run_takes_the_file_or_its_folder_and_one_label_per_run(tmp_path):
     proc = subprocess.run([sys.executable, "scripts/plot_run.py", str(tmp_path)], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2 and "holds no metrics.csv" in proc.stderr
+
+
+def test_health_replay_repeats_what_a_run_would_have_said(tmp_path):
+    rows = ["step,policy_version,train/reward_mean,train/reward_std,train/truncated_fraction,train/truncated_reward,"
+            "train/zero_variance_groups,train/entropy"]
+    rows += [f"{i},{i + 1},0.0,0.0,1.0,0.0,1.0,1.5" for i in range(4)]
+    (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
+    out = _run("scripts/health_replay.py", str(tmp_path), "--max-new-tokens", "8")
+    assert "step 3: run health (truncation): 100% of the samples stopped at rollout.max_new_tokens=8" in out
+    assert "step 3: run health (zero_variance)" in out and "2 run-health warnings" in out
+    stored = ROOT / "docs/data/health/quickstart_metrics.csv"
+    assert "0 run-health warnings" in _run("scripts/health_replay.py", str(stored), "--max-new-tokens", "16")

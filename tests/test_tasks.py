@@ -137,6 +137,17 @@ def test_jsonl_row_number_is_the_line_number(tmp_path):
         JsonlTask(path, reward=NumberReward())
 
 
+def test_jsonl_answers_mixing_numbers_and_strings_with_a_blank_line_load(tmp_path):
+    """Either alone loaded through `datasets`; both together stopped inside its JSON builder."""
+    rows = [{"q": "1+1?", "a": 2}, "", {"q": "half of 3?", "a": "1.5"}, {"q": "2+2?", "a": 4}]
+    path = _write(tmp_path / "mixed.jsonl", rows)
+    task = JsonlTask(path, prompt_field="q", answer_field="a", answer_format="plain", reward=NumberReward())
+    assert [p.answer for p in task.train_problems()] == ["2", "1.5", "4"]
+    path = _write(tmp_path / "mixed_bad.jsonl", rows + ["", {"q": "", "a": 5}])
+    with pytest.raises(ValueError, match=re.escape("mixed_bad.jsonl row 6: empty field 'q'")):
+        JsonlTask(path, prompt_field="q", answer_field="a", answer_format="plain", reward=NumberReward())
+
+
 def test_jsonl_gsm8k_answer_needs_hashes(tmp_path):
     path = _write(tmp_path / "data.jsonl", [{"question": "a", "answer": "#### 1"},
                                             {"question": "b", "answer": "2"}])

@@ -6,8 +6,9 @@ every rank reaches the same verdict at the same step) and the sampler's settings
 - ``temperature``: sampling at temperature 0 (every sample of a group the same, every
   group-relative advantage 0), found before the first step;
 - ``truncation``: ``train/truncated_fraction`` above ``truncation`` while the cut samples score
-  under ``truncated_reward`` on average (``train/truncated_reward``), for ``patience`` steps (cut
-  answers that still hold a right answer, as in the quickstart, are fine);
+  under ``truncated_reward`` on average (``train/truncated_reward``), for ``patience`` steps: nearly
+  every answer cut and scoring nothing leaves no signal (the quickstart starts with half its
+  answers cut and scoring 0.03, and learns to answer within the budget);
 - ``zero_variance``: ``train/zero_variance_groups`` at or above ``zero_variance`` for
   ``patience`` steps (nothing to learn from such groups);
 - ``entropy``: ``train/entropy`` under ``entropy_floor``, or under ``entropy_ratio`` times its
@@ -56,7 +57,7 @@ class RunHealth(Callback):
         baseline_steps: first steps whose mean is the early value of entropy and mismatch.
     """
 
-    def __init__(self, enabled: bool = True, stop: bool = False, patience: int = 3, truncation: float = 0.3,
+    def __init__(self, enabled: bool = True, stop: bool = False, patience: int = 3, truncation: float = 0.9,
                  truncated_reward: float = 0.1, zero_variance: float = 0.95, entropy_floor: float = 0.02,
                  entropy_ratio: float = 0.05, mismatch_floor: float = 0.05, mismatch_ratio: float = 4.0,
                  constant_steps: int = 10, baseline_steps: int = 3) -> None:

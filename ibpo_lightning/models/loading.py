@@ -7,6 +7,7 @@ model into the cache ahead of time and print where it lives.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,9 +72,39 @@ def resolve_model_path(name_or_path: str) -> str:
     return _hub_snapshot(name_or_path)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model", "tokenizer_config.json")
+
+
+def check_model_dir(path: str) -> None:
+    """Refuse, naming the file, a model directory that cannot load: no tokenizer files (which
+    ``transformers`` reports as a missing sentencepiece or tiktoken), or a ``*.safetensors`` file
+    whose header is cut or unreadable (reported by safetensors without its name)."""
+    directory = Path(path)
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(f"model directory {directory} has no tokenizer files (one of "
+                                f"{', '.join(TOKENIZER_FILES)}): copy them from the base model, or save "
+                                "the tokenizer there with tokenizer.save_pretrained")
+    for weights in sorted(directory.glob("*.safetensors")):
+        try:
+            with open(weights, "rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                header = f.read(size)
+            if len(header) < size or size == 0:
+                raise ValueError(f"header of {size} bytes, {len(header)} present")
+            offsets = [v["data_offsets"][1] for k, v in json.loads(header).items() if k != "__metadata__"]
+        except (ValueError, KeyError, TypeError, OSError) as error:
+            raise ValueError(f"model weights {weights} are unreadable ({error}): the file is cut or not "
+                             "safetensors; copy or export it again") from None
+        if offsets and 8 + size + max(offsets) > weights.stat().st_size:
+            raise ValueError(f"model weights {weights} are cut short: {weights.stat().st_size} bytes, the header "
+                             f"describes {8 + size + max(offsets)}; copy or export it again")
+
+
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """The tokenizer of `name_or_path`, given a pad token (eos) if it has none."""
-    return ensure_pad_token(AutoTokenizer.from_pretrained(resolve_model_path(name_or_path)))
+    path = resolve_model_path(name_or_path)
+    check_model_dir(path)
+    return ensure_pad_token(AutoTokenizer.from_pretrained(path))
 
 
 def load_policy(
@@ -85,6 +116,7 @@ def load_policy(
     would otherwise spend a third of a training step in the CPU's slow bf16 attention backward).
     """
     path = resolve_model_path(name_or_path)
+    check_model_dir(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     use_cpu_fp32_attention(model)
     tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(path))

@@ -84,6 +84,33 @@ def _check_jsonl(local: Path, shown: str) -> None:
         raise ValueError(f"{shown} holds no rows")
 
 
+class _LocalRows(list):
+    """The rows of a local file as dicts, with the two things of a `datasets.Dataset` the readers
+    use: ``column_names`` and a column by name (None where a row lacks the field)."""
+
+    @classmethod
+    def read(cls, local: Path) -> "_LocalRows":
+        opener = gzip.open if local.suffix == ".gz" else open
+        with opener(local, "rt", encoding="utf-8-sig") as text:
+            lines = [line for line in text if line.strip()]
+        try:
+            rows = [json.loads(line) for line in lines]
+        except json.JSONDecodeError:  # a .json file holding one document (``_check_jsonl`` allowed it)
+            rows = json.loads("".join(lines))
+        if rows and isinstance(rows[0], list):
+            rows = rows[0]
+        return cls(rows)
+
+    @property
+    def column_names(self) -> list[str]:
+        return list(dict.fromkeys(key for row in self for key in row))
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return [row.get(key) for row in self]
+        return super().__getitem__(key)
+
+
 def _column(rows, field: str) -> list[Any]:
     """Values of a (possibly dotted, ``reward_model.ground_truth.target``) field; None where absent."""
     top, *rest = field.split(".")
@@ -110,7 +137,9 @@ def open_rows(path: str, split: str = "train", dataset_config: str | None = None
     the 1-based location of row ``i`` (the file's line for local files) for error messages.
 
     A local file is checked line by line first (`_check_jsonl`): a line that is not a JSON
-    object, or a file with no rows, is a ValueError naming the file and line.
+    object, or a file with no rows, is a ValueError naming the file and line. It is then read
+    here, row by row, not through `datasets`' JSON builder, which fails without a location on
+    files that mix value types in a field *and* hold a blank line ("Expected object or value").
     """
     import datasets
 
@@ -119,8 +148,7 @@ def open_rows(path: str, split: str = "train", dataset_config: str | None = None
         if not local.is_file():
             raise FileNotFoundError(f"JSONL file not found: {path}")
         _check_jsonl(local, path)
-        rows = datasets.load_dataset("json", data_files=str(local), split="train")
-        return rows, local.name, lambda i: f"row {_line_number(local, i)}"
+        return _LocalRows.read(local), local.name, lambda i: f"row {_line_number(local, i)}"
     rows = datasets.load_dataset(path, dataset_config, split=split)
     return rows, f"{path} [{split}]", lambda i: f"row {i + 1}"
 
