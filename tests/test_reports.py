@@ -76,3 +76,13 @@ def test_health_replay_repeats_what_a_run_would_have_said(tmp_path):
     assert "step 3: run health (zero_variance)" in out and "2 run-health warnings" in out
     stored = ROOT / "docs/data/health/quickstart_metrics.csv"
     assert "0 run-health warnings" in _run("scripts/health_replay.py", str(stored), "--max-new-tokens", "16")
+
+
+def test_entropy_report_prints_the_stored_rows_of_evaluation():
+    data = ROOT / "docs/data/health"
+    runs = [data / "quickstart_metrics_run0.csv", data / "quickstart_metrics.csv",
+            *sorted(data.glob("quickstart_entropy_coef_*.csv"))]
+    out = _run("scripts/entropy_report.py", *map(str, runs))
+    evaluation = (ROOT / "docs/evaluation.md").read_text()
+    rows = [line for line in out.splitlines() if line.startswith("| quickstart")]
+    assert len(rows) == 4 and all(row in evaluation for row in rows)
