@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -172,9 +173,11 @@ def test_ctrl_c_saves_and_exits_130(tmp_path):
     overlay = tmp_path / "run.yaml"
     overlay.write_text(RUN.format(root=tmp_path) + "    - class_path: tests.helpers.SigtermAt\n"
                        "      init_args: {step: 1, signal: 2}\n")
+    # a shell running this in the background ignores SIGINT, and a child inherits that: give it Ctrl-C back
     proc = subprocess.run([sys.executable, "-m", "ibpo_lightning.cli", "fit", "-c", "configs/tiny.yaml", "-c",
                            str(overlay), f"--trainer.default_root_dir={tmp_path}", "--data.steps=6", *QUIET],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.returncode == 130, proc.stderr[-3000:]
     assert list(tmp_path.glob("csv/version_0/checkpoints/interrupted.ckpt")), "Ctrl-C saves the state first"
 
