@@ -70,6 +70,9 @@ def test_methods_of_plain_types_are_called_here():
     assert plan_test("assert f(1).most_common(1) == [(1, 2)]").probes == ("f(1).most_common(1)",)
     huge = plan_test("assert len(f(1).join(g(1))) > 0")
     assert not huge.passes([Receiver("x" * 100_000), ["a"] * 100_000])
+    mapped = plan_test("assert len(f(1).join(map(str, g(1)))) > 0")  # the items as an iterator
+    assert not mapped.passes([Receiver("x" * 100_000), iter(["a"] * 100_000)])
+    assert plan_test("assert f(1).join(map(str, g(1))) == '1-2'").passes([Receiver("-"), iter(["1", "2"])])
     assert plan_test("assert f(1).center(10 ** 12)").probes == ("f(1).center(10 ** 12)",)  # padding
 
 

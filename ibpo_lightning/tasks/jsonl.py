@@ -42,22 +42,21 @@ def _line_number(path: Path, record: int) -> int:
     return record + 1
 
 
-def _check_jsonl(local: Path, shown: str) -> None:
-    """Fail fast on a local JSONL file that `datasets` would reject without saying where.
+def _read_jsonl(local: Path, shown: str) -> "_LocalRows":
+    """The rows of a local JSONL file, read once, failing where `datasets` would fail without
+    saying where.
 
     Every non-blank line must be a JSON object; the first that is not is a ValueError naming
     ``shown`` and its 1-based line. A file without a non-blank line "holds no rows". A ``.json``
-    file holding one JSON document (an array of rows, possibly over many lines) is left to
-    `datasets`, which reads that form too.
+    file holding one JSON document (an array of rows, possibly over many lines) is read as that.
     """
     opener = gzip.open if local.suffix == ".gz" else open
-    rows, problem = 0, None
+    rows, problem = [], None
     try:
         with opener(local, "rb") as lines:
             for number, raw in enumerate(lines, start=1):
                 if not raw.strip():
                     continue
-                rows += 1
                 try:
                     row = json.loads(raw.rstrip().decode("utf-8-sig" if number == 1 else "utf-8"))
                 except UnicodeDecodeError as err:
@@ -66,6 +65,7 @@ def _check_jsonl(local: Path, shown: str) -> None:
                     problem = f"{shown} line {number} is not valid JSON: {err.msg} at column {err.colno}"
                 else:
                     if isinstance(row, dict):
+                        rows.append(row)
                         continue
                     problem = f"{shown} line {number} is not a JSON object but a {type(row).__name__}"
                 break
@@ -74,7 +74,7 @@ def _check_jsonl(local: Path, shown: str) -> None:
     if problem is None:
         if not rows:
             raise ValueError(f"{shown} holds no rows")
-        return
+        return _LocalRows(rows)
     try:
         with opener(local, "rt", encoding="utf-8-sig") as text:
             document = json.load(text)
@@ -82,24 +82,12 @@ def _check_jsonl(local: Path, shown: str) -> None:
         raise ValueError(problem) from None
     if isinstance(document, list) and not document:
         raise ValueError(f"{shown} holds no rows")
+    return _LocalRows(document if isinstance(document, list) else [document])
 
 
 class _LocalRows(list):
     """The rows of a local file as dicts, with the two things of a `datasets.Dataset` the readers
     use: ``column_names`` and a column by name (None where a row lacks the field)."""
-
-    @classmethod
-    def read(cls, local: Path) -> "_LocalRows":
-        opener = gzip.open if local.suffix == ".gz" else open
-        with opener(local, "rt", encoding="utf-8-sig") as text:
-            lines = [line for line in text if line.strip()]
-        try:
-            rows = [json.loads(line) for line in lines]
-        except json.JSONDecodeError:  # a .json file holding one document (``_check_jsonl`` allowed it)
-            rows = json.loads("".join(lines))
-        if rows and isinstance(rows[0], list):
-            rows = rows[0]
-        return cls(rows)
 
     @property
     def column_names(self) -> list[str]:
@@ -136,9 +124,9 @@ def open_rows(path: str, split: str = "train", dataset_config: str | None = None
     """The rows of a local JSONL file or a Hub dataset split, its display name, and ``where(i)``:
     the 1-based location of row ``i`` (the file's line for local files) for error messages.
 
-    A local file is checked line by line first (`_check_jsonl`): a line that is not a JSON
-    object, or a file with no rows, is a ValueError naming the file and line. It is then read
-    here, row by row, not through `datasets`' JSON builder, which fails without a location on
+    A local file is read here line by line (`_read_jsonl`): a line that is not a JSON object, or
+    a file with no rows, is a ValueError naming the file and line. It is not read through
+    `datasets`' JSON builder, which fails without a location on
     files that mix value types in a field *and* hold a blank line ("Expected object or value").
     """
     import datasets
@@ -147,8 +135,7 @@ def open_rows(path: str, split: str = "train", dataset_config: str | None = None
         local = Path(path).expanduser()
         if not local.is_file():
             raise FileNotFoundError(f"JSONL file not found: {path}")
-        _check_jsonl(local, path)
-        return _LocalRows.read(local), local.name, lambda i: f"row {_line_number(local, i)}"
+        return _read_jsonl(local, path), local.name, lambda i: f"row {_line_number(local, i)}"
     rows = datasets.load_dataset(path, dataset_config, split=split)
     return rows, f"{path} [{split}]", lambda i: f"row {i + 1}"
 

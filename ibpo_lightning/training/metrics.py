@@ -29,14 +29,20 @@ def batch_metrics(batch: RolloutBatch) -> dict[str, float]:
         "train/adv_abs_mean": float(adv.abs().mean()),
         "train/adv_zero_fraction": float((adv == 0).float().mean()),
     }
+    metrics["train/zero_variance_groups"] = _zero_variance_share(batch)
+    metrics.update(batch.stats)
+    return metrics
+
+
+def _zero_variance_share(batch: RolloutBatch) -> float:
+    """Share of groups whose fresh samples all got one reward; under dynamic sampling, which
+    drops those groups, the share of the groups it drew."""
+    drawn = batch.stats.get("dynamic/groups_drawn")
+    if drawn:
+        return 1.0 - batch.stats["dynamic/groups_kept"] / drawn
     groups = batch.fresh_groups()
     uniform = sum(len({float(batch.rewards[i]) for i in rows}) == 1 for rows in groups.values())
-    metrics["train/zero_variance_groups"] = uniform / max(len(groups), 1)
-    metrics.update(batch.stats)
-    if batch.stats.get("dynamic/groups_drawn"):
-        drawn = batch.stats["dynamic/groups_drawn"]
-        metrics["train/zero_variance_groups"] = 1.0 - batch.stats["dynamic/groups_kept"] / drawn
-    return metrics
+    return uniform / max(len(groups), 1)
 
 
 def _mean(values: list[float]) -> float:

@@ -36,6 +36,7 @@ MAX_INT_BITS = 1 << 16
 ``isqrt``) takes here; 2 ** 65536 has 19,729 digits."""
 _QUADRATIC = frozenset({"gcd", "lcm", "isqrt", "comb", "perm", "factorial", "remainder", "fmod"})
 _UNSAFE_MATH = frozenset({"prod"})  # a product of 200,000 program integers
+_LIST_ITERATOR = type(iter([]))  # what an iterator the child sent decodes to
 _PLAIN = (str, bytes, list, tuple, dict, set, frozenset, int, float, complex, bool)
 _UNSAFE_METHODS = frozenset({
     "center", "ljust", "rjust", "zfill", "expandtabs", "format", "format_map", "maketrans",
@@ -87,6 +88,9 @@ def call_method(target, name: str, *args, **kwargs):
     value = target.value if type(target) is Receiver else target
     if name not in METHODS.get(type(value), ()):
         raise Unencodable(f"{type(value).__name__}.{name} is not evaluated here")
+    # an iterator the child sent (``map(str, f(x))``) as the list it stands for, so that its size is
+    # checked like a list's and reading it for the check does not leave the call an empty one
+    args = tuple(list(a) if type(a) is _LIST_ITERATOR else a for a in args)
     if name in ("join", "replace"):
         _check_size(value, name, args)
     return getattr(value, name)(*args, **kwargs)
