@@ -126,10 +126,28 @@ def run_sft_cli(args: list[str] | None = None) -> SFTCLI:
     return _run(SFTCLI, SFTModule, SFTDataModule, args)
 
 
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError)
+"""What this project raises about a config, a data row or a path, with a message naming it."""
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def users_error(error: BaseException) -> bool:
+    """Whether ``error`` is one of this project's messages about the user's input: one of
+    ``USER_ERRORS`` raised by a line of this package. Errors raised inside a library (a bug or a
+    crash) are not, and keep their traceback; so does everything under ``IBPO_TRACEBACK=1``."""
+    if not isinstance(error, USER_ERRORS) or os.environ.get("IBPO_TRACEBACK") == "1":
+        return False
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and os.path.abspath(frame.tb_frame.f_code.co_filename).startswith(_PACKAGE)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point of ``ibpo``; a run stopped by SIGTERM (after saving, see
     ``checkpointing.InterruptCheckpoint``) exits with status 143, by Ctrl-C (SIGINT) with 130, as
-    a terminated or interrupted process does.
+    a terminated or interrupted process does. An error in the user's input (``users_error``) or a
+    run-health stop prints ``error: <message>`` alone and exits 1; a crash keeps its traceback.
     ``ibpo sft ARGS`` is ``run_sft_cli(["fit", *ARGS])`` (or ``validate``/``test`` when ARGS start
     with one)."""
     given = sys.argv[1:] if argv is None else argv
@@ -141,8 +159,10 @@ def main(argv: list[str] | None = None) -> None:
             run_cli(argv)
     except SIGTERMException:
         sys.exit(128 + signal.SIGTERM)
-    except RunHealthError as error:  # the message says what to change: no traceback
-        print(f"error: {error}", file=sys.stderr)
+    except (RunHealthError, *USER_ERRORS) as error:
+        if not isinstance(error, RunHealthError) and not users_error(error):
+            raise
+        print(f"error: {error}", file=sys.stderr)  # the message says what to change: no traceback
         sys.exit(1)
     except SystemExit as stop:  # Lightning saves on Ctrl-C, then exits 1: say 130, as an interrupted process does
         if stop.code == 1 and isinstance(stop.__context__, KeyboardInterrupt):

@@ -20,6 +20,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.strategies import FSDPStrategy
 
+from ibpo_lightning.data.lengths import check_problems, prompt_room
 from ibpo_lightning.evaluation import EvalConfig, HeldoutEvaluation
 from ibpo_lightning.models.lora import LoraConfig, base_model
 from ibpo_lightning.models.policy import build_models
@@ -76,8 +77,12 @@ class PolicyHost(HeldoutEvaluation, LightningModule):
 
     # -- models and optimizer -------------------------------------------------------------------
     def configure_model(self) -> None:
-        if self.policy is not None:
-            return
+        if self.policy is None:
+            self._build_models()
+        if self._trainer is not None and self._parts is not None:
+            self._fit_prompts(self.trainer.state.fn)
+
+    def _build_models(self) -> None:
         if self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy):
             raise ValueError(
                 "FSDPStrategy (FSDP1) is not supported: scoring runs the decoder and output head "
@@ -91,6 +96,26 @@ class PolicyHost(HeldoutEvaluation, LightningModule):
             param_dtype=memory.param_dtype, offload_reference=memory.offload_reference)
         # parameters of the forward pass (adapters included, a tied head once): the FLOP count's base
         self.num_parameters = float(sum(p.numel() for p in base_model(self.policy).parameters()))
+
+    def _fit_prompts(self, stage) -> None:
+        """Have the data module check the prompts ``stage`` uses against the context, before the
+        first step draws one that cannot fit (``data/lengths.py``)."""
+        fit = getattr(self.trainer.datamodule, "fit_prompts", None)
+        if fit is None:
+            return
+        sampler, task = self.parts.sampler, self.parts.task
+        context = getattr(self.policy.config, "max_position_embeddings", None)
+        evaluation = self.evaluation.max_new_tokens
+        rooms = {"training": prompt_room(context, sampler.engine.max_context, sampler.max_new_tokens,
+                                         "rollout.max_new_tokens")}
+        rooms["held-out"] = rooms["test"] = rooms["training"] if evaluation is None else prompt_room(
+            context, sampler.engine.max_context, evaluation, "model.evaluation.max_new_tokens")
+
+        def fits(problems, split: str, drop: bool):
+            return check_problems(self.tokenizer, problems, task.system_prompt, rooms[split], split,
+                                  type(task).__name__, drop)
+
+        fit(stage, fits)
 
     def make_scorer(self, temperature: float, share_prompts: bool) -> Scorer:
         """A scorer of this host's models over the trainer's data-parallel ranks."""

@@ -55,6 +55,7 @@ def main() -> None:
                        dynamic={k: float(v) for k, v in metrics.items() if k.startswith("dynamic/")},
                        credit={k: float(v) for k, v in metrics.items() if k.startswith("credit/")},
                        reference=cli.model.reference is not None, world=cli.trainer.world_size,
+                       train_problems=len(cli.datamodule.train_problems),
                        strategy=type(cli.trainer.strategy).__name__,
                        exported=sorted(p.name for p in (out / overlay.stem / "export").glob("*.safetensors")))
         except Exception as err:  # noqa: BLE001 - recorded, and the next overlay still runs

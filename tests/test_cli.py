@@ -176,3 +176,27 @@ def test_a_run_that_could_not_keep_its_state_is_refused(tmp_path):
                  "--trainer.enable_checkpointing=true",
                  "--trainer.callbacks+=lightning.pytorch.callbacks.OnExceptionCheckpoint",
                  f"--trainer.callbacks.dirpath={tmp_path}"])
+
+
+def test_users_errors_print_one_line_and_crashes_keep_their_traceback(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from ibpo_lightning.cli import users_error
+    from ibpo_lightning.data import RLDataModule
+    from ibpo_lightning.tasks import ArithmeticTask
+
+    proc = subprocess.run([sys.executable, "-m", "ibpo_lightning.cli", "fit", "-c", "configs/tiny.yaml",
+                           f"--trainer.default_root_dir={tmp_path}", "--data.prompts_per_step=0"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "error: data.prompts_per_step must be >= 1, got 0"
+    with pytest.raises(ValueError) as ours:
+        RLDataModule(ArithmeticTask(num_train=4, num_heldout=1), prompts_per_step=0)
+    with pytest.raises(ValueError) as library:
+        json.loads("{")  # raised inside a library: a crash, not a message about the input
+    with pytest.raises(KeyError) as other:
+        {}["missing"]
+    assert users_error(ours.value) and not users_error(library.value) and not users_error(other.value)
+    monkeypatch.setenv("IBPO_TRACEBACK", "1")
+    assert not users_error(ours.value)

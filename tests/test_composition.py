@@ -126,3 +126,17 @@ def test_lora_trains_adapters_and_exports_merged_weights_under(strategy, tmp_pat
     assert exported and set(exported) <= set(initial)
     moved = [name for name, tensor in exported.items() if not torch.equal(tensor, initial[name])]
     assert moved and all(name.endswith("proj.weight") for name in moved), moved
+
+
+@pytest.mark.slow
+def test_long_prompts_dropped_alike_on_every_rank_under_fsdp2(tmp_path):
+    """``data.drop_long_prompts`` under FSDP2 on 2 processes: every rank checks the prompts in its
+    ``configure_model``, leaves out the same row and trains on the same prompt order."""
+    from tests.test_prompt_lengths import _rows
+
+    train = _rows(tmp_path / "train.jsonl", long_at=3, n=12)
+    rows = _one_step("fsdp2", tmp_path / "run", 70, "grpo", "--data.task=ibpo_lightning.tasks.JsonlTask",
+                     f"--data.task.train_path={train}", "--data.task.heldout_size=2",
+                     "--data.task.system_prompt=null", "--data.task.reward=ibpo_lightning.rewards.NumberReward",
+                     "--data.drop_long_prompts=true")
+    assert [row["train_problems"] for row in rows] == [9, 9]  # 12 rows, 2 held out, the long one dropped

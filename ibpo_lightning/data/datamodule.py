@@ -4,12 +4,15 @@ Each item of the training stream is the list of problems of one RL step on this 
 ``training_step`` samples, scores and trains on them (``step.py``), so every batch is sampled by
 the policy that trains on it. The stream has a length, so Lightning does not fetch an item ahead
 of the step: the prompt order a checkpoint saves is exactly the one the next step continues.
-Dynamic sampling draws its refills from the same order (``draw_problems``).
+Dynamic sampling draws its refills from the same order (``draw_problems``). Before the first step
+the policy module has every prompt a stage will use checked against the context
+(``fit_prompts``, ``data/lengths.py``).
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
 
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, IterableDataset
@@ -71,18 +74,35 @@ class RLDataModule(LightningDataModule):
         steps: RL steps per epoch (the length of the training stream).
         val_batch_size: held-out problems per validation generate call.
         seed: seed of the prompt order.
+        drop_long_prompts: leave out (with one warning) problems whose prompt plus the response
+            budget does not fit the model's context, instead of failing at start-up naming them.
     """
 
     def __init__(self, task: Task, prompts_per_step: int = 8, steps: int = 20,
-                 val_batch_size: int = 64, seed: int = 0) -> None:
+                 val_batch_size: int = 64, seed: int = 0, drop_long_prompts: bool = False) -> None:
         super().__init__()
         if prompts_per_step < 1:
             raise ValueError(f"data.prompts_per_step must be >= 1, got {prompts_per_step}")
         if steps < 1:
             raise ValueError(f"data.steps must be >= 1, got {steps}")
         self.task, self.prompts_per_step, self.steps = task, prompts_per_step, steps
-        self.val_batch_size, self.seed = val_batch_size, seed
-        self.order = PromptSampler(len(task.train_problems()), seed)
+        self.val_batch_size, self.seed, self.drop_long_prompts = val_batch_size, seed, drop_long_prompts
+        self.train_problems: list[Problem] = list(task.train_problems())
+        self._checked: dict[str, list[Problem]] = {}
+        """The held-out and test problems ``fit_prompts`` kept."""
+        self.order = PromptSampler(len(self.train_problems), seed)
+
+    def fit_prompts(self, stage: str, fits: Callable[[Sequence[Problem], str, bool], list[Problem]]) -> None:
+        """Check the prompts ``stage`` will use before its first step (before a checkpoint restores
+        the prompt order): ``fits(problems, split, drop)`` returns the problems kept or raises a
+        ValueError naming those that do not fit."""
+        if stage == "fit":
+            self.train_problems = fits(self.task.train_problems(), "training", self.drop_long_prompts)
+            self.order = PromptSampler(len(self.train_problems), self.seed)
+        if stage in ("fit", "validate"):
+            self._checked["held-out"] = fits(self.task.heldout_problems(), "held-out", self.drop_long_prompts)
+        if stage == "test":
+            self._checked["test"] = fits(self.task.test_problems(), "test", self.drop_long_prompts)
 
     def teardown(self, stage: str) -> None:
         """Stop the reward's worker processes (a later stage starts them again on first use)."""
@@ -91,7 +111,7 @@ class RLDataModule(LightningDataModule):
     def draw_problems(self, k: int) -> list[Problem]:
         """This rank's share of the next ``k`` training problems of the checkpointed prompt order
         (each step's, and the refills of dynamic sampling)."""
-        problems = self.task.train_problems()
+        problems = self.train_problems
         replicas, rank = self._data_parallel()
         return [problems[i] for i in self.order.take(k * replicas)[rank::replicas]]
 
@@ -104,12 +124,12 @@ class RLDataModule(LightningDataModule):
         return DataLoader(ProblemStream(self), batch_size=None, num_workers=0, collate_fn=list)
 
     def val_dataloader(self) -> DataLoader:
-        held_out: list[Problem] = list(self.task.heldout_problems())
+        held_out = self._checked.get("held-out") or list(self.task.heldout_problems())
         return DataLoader(held_out, batch_size=self.val_batch_size, num_workers=0, collate_fn=list)
 
     def test_dataloader(self) -> DataLoader:
         """The task's test split where it has one, else its held-out split."""
-        problems: list[Problem] = list(self.task.test_problems())
+        problems = self._checked.get("test") or list(self.task.test_problems())
         return DataLoader(problems, batch_size=self.val_batch_size, num_workers=0, collate_fn=list)
 
     def state_dict(self) -> dict:

@@ -34,6 +34,9 @@ class RolloutEngine(ABC):
     tokenizer = None
     shares_weights = False
     """True when the engine samples with the trainer's own module (never stale, no sync)."""
+    max_context: int | None = None
+    """Longest prompt + response the engine accepts (vLLM's ``max_model_len``); None: the model's own
+    context is the only limit."""
 
     @abstractmethod
     def bind(self, model: torch.nn.Module, tokenizer, compute_dtype: torch.dtype | None = None) -> None: ...

@@ -93,6 +93,7 @@ class VLLMEngine(RolloutEngine):
         if sleep_mode and not _on_cuda():
             raise ValueError("engine.sleep_mode needs a CUDA device; vLLM on CPU cannot sleep")
         self.dtype, self.max_model_len, self.seed = dtype, max_model_len, seed
+        self.max_context = max_model_len
         self.enable_prefix_caching, self.kv_cache_gib = enable_prefix_caching, kv_cache_gib
         self.block_size = block_size
         self.gpu_memory_utilization, self.tensor_parallel_size = gpu_memory_utilization, tensor_parallel_size

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,8 @@ class Problem:
     solution: str | None = None
     """A worked solution ending in the answer, written as the policy should answer (the
     assistant message of supervised fine-tuning), or None where the task has none."""
+    origin: str | None = field(default=None, compare=False)
+    """Where the row came from ("data/x.jsonl line 18"), for messages; None for generated problems."""
 
 
 class Task(ABC):

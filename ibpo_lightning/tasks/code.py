@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from ibpo_lightning.rewards.code import CodeReward, TestSpec
 from ibpo_lightning.rewards.composite import Reward, RewardTerm, WeightedReward, close_reward
@@ -171,7 +172,7 @@ class CodeTask(Task):
                 if not ids[0] <= int(task_id) <= ids[1]:
                     continue
             try:
-                problems.append(self._problem(row))
+                problems.append(replace(self._problem(row), origin=f"{name} {where(i)}"))
             except (KeyError, TypeError, ValueError) as error:
                 present = ", ".join(k for k, v in row.items() if v is not None)
                 raise ValueError(f"{name} {where(i)}: {error} (fields present: {present})") from None

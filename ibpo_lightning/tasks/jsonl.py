@@ -30,18 +30,6 @@ def _is_local(path: str) -> bool:
     return path.endswith(_LOCAL_SUFFIXES) or path.startswith(("/", ".", "~")) or Path(path).exists()
 
 
-def _line_number(path: Path, record: int) -> int:
-    """1-based line of the ``record``-th (0-based) non-blank line of a JSONL file."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    seen = -1
-    with opener(path, "rt", encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            seen += bool(line.strip())
-            if seen == record:
-                return number
-    return record + 1
-
-
 def _read_jsonl(local: Path, shown: str) -> "_LocalRows":
     """The rows of a local JSONL file, read once, failing where `datasets` would fail without
     saying where.
@@ -51,7 +39,7 @@ def _read_jsonl(local: Path, shown: str) -> "_LocalRows":
     file holding one JSON document (an array of rows, possibly over many lines) is read as that.
     """
     opener = gzip.open if local.suffix == ".gz" else open
-    rows, problem = [], None
+    rows, numbers, problem = [], [], None
     try:
         with opener(local, "rb") as lines:
             for number, raw in enumerate(lines, start=1):
@@ -66,6 +54,7 @@ def _read_jsonl(local: Path, shown: str) -> "_LocalRows":
                 else:
                     if isinstance(row, dict):
                         rows.append(row)
+                        numbers.append(number)
                         continue
                     problem = f"{shown} line {number} is not a JSON object but a {type(row).__name__}"
                 break
@@ -74,7 +63,7 @@ def _read_jsonl(local: Path, shown: str) -> "_LocalRows":
     if problem is None:
         if not rows:
             raise ValueError(f"{shown} holds no rows")
-        return _LocalRows(rows)
+        return _LocalRows(rows, numbers)
     try:
         with opener(local, "rt", encoding="utf-8-sig") as text:
             document = json.load(text)
@@ -82,12 +71,18 @@ def _read_jsonl(local: Path, shown: str) -> "_LocalRows":
         raise ValueError(problem) from None
     if isinstance(document, list) and not document:
         raise ValueError(f"{shown} holds no rows")
-    return _LocalRows(document if isinstance(document, list) else [document])
+    document = document if isinstance(document, list) else [document]
+    return _LocalRows(document, list(range(1, len(document) + 1)))
 
 
 class _LocalRows(list):
     """The rows of a local file as dicts, with the two things of a `datasets.Dataset` the readers
-    use: ``column_names`` and a column by name (None where a row lacks the field)."""
+    use: ``column_names`` and a column by name (None where a row lacks the field); ``lines``: the
+    1-based line of each row (its position for a file holding one JSON array)."""
+
+    def __init__(self, rows: list, lines: list[int]) -> None:
+        super().__init__(rows)
+        self.lines = lines
 
     @property
     def column_names(self) -> list[str]:
@@ -135,7 +130,8 @@ def open_rows(path: str, split: str = "train", dataset_config: str | None = None
         local = Path(path).expanduser()
         if not local.is_file():
             raise FileNotFoundError(f"JSONL file not found: {path}")
-        return _read_jsonl(local, path), local.name, lambda i: f"row {_line_number(local, i)}"
+        rows = _read_jsonl(local, path)
+        return rows, local.name, lambda i: f"row {rows.lines[i]}"
     rows = datasets.load_dataset(path, dataset_config, split=split)
     return rows, f"{path} [{split}]", lambda i: f"row {i + 1}"
 
@@ -305,7 +301,7 @@ class JsonlTask(Task):
                     f"{locate(i)}: field {self.answer_field!r} is not an integer: {answer!r}"
                 ) from None
         return Problem(prompt=self.prompt_template.format(prompt=str(prompt)), answer=answer,
-                       solution=self._solution(solution) if solution is not None else None)
+                       solution=self._solution(solution) if solution is not None else None, origin=locate(i))
 
     def train_problems(self) -> Sequence[Problem]:
         return self._train
