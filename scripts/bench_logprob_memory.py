@@ -15,9 +15,6 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parents[1]))
 
 
 def child(model_name: str, length: int, chunk: int | None, rows: int) -> dict:

@@ -22,10 +22,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_step import PHASES, matmul_peak, phase_table  # noqa: E402
-from bench_step import summarise as phase_summary  # noqa: E402
-from plot_run import read_series  # noqa: E402
+from ibpo_lightning.diagnostics.run_logs import PHASES, matmul_peak, phase_table, read_series
+from ibpo_lightning.diagnostics.run_logs import summarise_steps as phase_summary
 
 
 def run(configs: list[str], precision: str, seed: int, out: Path) -> None:

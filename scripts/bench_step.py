@@ -24,15 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from plot_run import read_series  # noqa: E402
-
-PHASES = ["generate", "reward", "estimator", "logprobs", "train", "sync"]
+from ibpo_lightning.diagnostics.run_logs import PHASES, matmul_peak, phase_table, summarise_steps
 """Logged ``time/<phase>`` keys; the estimator phase holds its extra rollouts (``plan``)."""
 
 
@@ -66,33 +62,6 @@ def export_prompts(configs: list[str], steps: int, path: Path) -> None:
                 f.write(json.dumps({"system": dm.task.system_prompt, "prompt": p.prompt, "answer": p.answer}) + "\n")
 
 
-def summarise(csv_dir: Path, warmup: int) -> dict[str, float]:
-    s = read_series(csv_dir)
-    steps = sorted({st for st, _ in s["time/step"]})[warmup:]
-    if not steps:
-        raise SystemExit(f"{csv_dir}: no step after the {warmup} warm-up step(s)")
-
-    def mean(key: str) -> float:
-        values = [v for st, v in s.get(key, []) if st in steps]
-        return statistics.mean(values) if values else 0.0
-
-    step_times = [v for st, v in s["time/step"] if st in steps]
-    out = {f"{p}_s": mean(f"time/{p}") for p in PHASES}
-    out.update(step_s=statistics.mean(step_times), step_s_median=statistics.median(step_times),
-               step_s_stdev=statistics.stdev(step_times) if len(step_times) > 1 else 0.0, steps=len(steps),
-               generated_tokens_per_s=mean("throughput/generated_tokens_per_s"),
-               trained_tokens_per_s=mean("throughput/trained_tokens_per_s"),
-               generated_tokens_per_step=sum(mean(k) for k in s if k.startswith("tokens/")),
-               peak_rss_gib=max(v for _, v in s["memory/peak_rss_gib"]),
-               reward_mean=mean("train/reward_mean"),
-               parameters=mean("model/parameters"), prompt_tokens_per_step=mean("generate/prompt_tokens"),
-               logprob_tokens_per_step=mean("logprobs/tokens"), train_tokens_per_step=mean("train/tokens_real"),
-               train_padded_tokens_per_step=mean("train/tokens_padded"))
-    if "memory/peak_cuda_gib" in s:
-        out["peak_cuda_gib"] = max(v for _, v in s["memory/peak_cuda_gib"])
-    return out
-
-
 def markdown(label: str, r: dict[str, float]) -> str:
     phases = " | ".join(f"{r[f'{p}_s']:.2f}" for p in PHASES)
     return (f"| {label} | {phases} | **{r['step_s']:.2f}** ± {r['step_s_stdev']:.2f} | "
@@ -101,44 +70,6 @@ def markdown(label: str, r: dict[str, float]) -> str:
 
 HEADER = ("| run | " + " | ".join(PHASES) + " | step (s, mean ± sd) | generated tokens / step | "
           "generated tokens / s | peak RSS (GiB) |\n|---|" + "---|" * (len(PHASES) + 4))
-
-
-def matmul_peak(dtype, size: int = 2048, repeats: int = 5) -> float:
-    """Best-of-``repeats`` GFLOP/s of a ``size`` x ``size`` matrix multiply in ``dtype``."""
-    import time
-
-    import torch
-
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
-
-
-def phase_table(r: dict[str, float], peaks: dict[str, float]) -> str:
-    """Per phase: seconds, tokens, model GFLOP/s and its share of each dtype's probed peak."""
-    p = r["parameters"]
-    generated = r["generated_tokens_per_step"] + r["prompt_tokens_per_step"]
-    rows = [("generate", r["generate_s"], generated, 2 * p * generated),
-            ("log-probs", r["logprobs_s"], r["logprob_tokens_per_step"], 2 * p * r["logprob_tokens_per_step"]),
-            ("train", r["train_s"], r["train_tokens_per_step"], 6 * p * r["train_tokens_per_step"]),
-            ("sync", r["sync_s"], 0.0, 0.0)]
-    names = list(peaks)
-    lines = ["| phase | s | tokens | GFLOP/s | " + " | ".join(f"% of {n} peak ({peaks[n]:.0f})" for n in names) + " |",
-             "|---|---|---|---|" + "---|" * len(names)]
-    for name, seconds, tokens, flops in rows:
-        rate = flops / seconds / 1e9 if seconds > 0 and flops else 0.0
-        shares = " | ".join(f"{100 * rate / peaks[n]:.0f}%" if rate else "-" for n in names)
-        lines.append(f"| {name} | {seconds:.2f} | {tokens:.0f} | {rate:.1f} | {shares} |")
-    padded = r["train_padded_tokens_per_step"]
-    padding = 1 - r["train_tokens_per_step"] / padded if padded else 0.0
-    lines.append(f"\ntrain micro-batches: {100 * padding:.1f}% padding ({r['train_tokens_per_step']:.0f} tokens "
-                 f"of {padded:.0f} padded, summed over the step's passes)")
-    return "\n".join(lines)
 
 
 def main() -> None:
@@ -160,7 +91,7 @@ def main() -> None:
     args = parser.parse_args(argv)
     if args.export_prompts:
         return export_prompts(args.config, args.steps, args.export_prompts)
-    result = summarise(bench(args.config, args.steps, args.out, extra), args.warmup)
+    result = summarise_steps(bench(args.config, args.steps, args.out, extra), args.warmup)
     import torch
 
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}

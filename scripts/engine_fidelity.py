@@ -1,8 +1,8 @@
 """Does each rollout engine sample the distribution the trainer scores? Next-token frequencies
 against the trainer's softmax, at the positions of a chain answer where the model hesitates.
 
-    python scripts/engine_fidelity.py --model ../sft-chain-smollm2                       # fp32
-    python scripts/engine_fidelity.py --model ../sft-chain-smollm2 --precision bf16-mixed
+    python scripts/engine_fidelity.py --model runs/sft_chain/export                       # fp32
+    python scripts/engine_fidelity.py --model runs/sft_chain/export --precision bf16-mixed
 
 The positions are the ``a op b =`` of held-out chains (the next token is the result) where the
 trainer's most likely token has probability under ``--max-prob``. Each engine draws

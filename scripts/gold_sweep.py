@@ -28,15 +28,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 import time
 from decimal import Decimal
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parents[1]))
-
-from ibpo_lightning.rewards.answer import box_end  # noqa: E402
-from ibpo_lightning.rewards.math_verify import MathVerifyReward  # noqa: E402
+from ibpo_lightning.rewards.answer import box_end
+from ibpo_lightning.rewards.math_verify import MathVerifyReward
 
 
 def last_boxed_span(text: str) -> tuple[int, int] | None:

@@ -1,6 +1,6 @@
 """Where every estimator puts the blame in a real model's wrong chain answers, and how IBPO's repairs fare.
 
-    python scripts/localise_chain.py run --model ../sft-chain-smollm2 --steps 3
+    python scripts/localise_chain.py run --model runs/sft_chain/export --steps 3
     python scripts/localise_chain.py report
 
 Each estimator runs ``ibpo fit -c configs/chain_rl.yaml -c configs/estimators/<name>.yaml`` for
@@ -26,13 +26,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study import NEWLINE, STUDIES  # noqa: E402
+import yaml
 
-from ibpo_lightning.diagnostics.credit import row_localisation  # noqa: E402
+from ibpo_lightning.diagnostics.credit import row_localisation
 
-CHAIN = STUDIES["chain"].estimators  # the study's chain overrides (a step is a line), one source
+ROOT = Path(__file__).resolve().parents[1]
+CHAIN = {arm: (given.get("overlays", []), given.get("overrides", [])) for arm, given in  # the chain study's
+         yaml.safe_load((ROOT / "configs/studies/studies.yaml").read_text())["chain"]["estimators"].items()}
 ESTIMATORS = {  # name -> estimator overlays and overrides on the chain config
     **{name: ([f"configs/estimators/{name}.yaml"], []) for name in
        ("grpo", "dr_grpo", "gspo", "rloo", "reinforce_pp", "reinforce_pp_baseline")},
@@ -42,7 +42,7 @@ ESTIMATORS = {  # name -> estimator overlays and overrides on the chain config
     "ibpo_revision": CHAIN["ibpo_revision"],
     "srpo": CHAIN["srpo"], "rrpo": CHAIN["rrpo"], "vineppo": CHAIN["vineppo"],
     "spo": (["configs/estimators/spo.yaml"], ["--estimator.init_args.segment_tokens", "8"]),
-    "acpo": (["configs/estimators/acpo.yaml"], ["--estimator.init_args.step_delimiter", NEWLINE]),
+    "acpo": (["configs/estimators/acpo.yaml"], ["--estimator.init_args.step_delimiter", "\n"]),
 }
 
 

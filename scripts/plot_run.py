@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import matplotlib
@@ -15,35 +14,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-
-def read_series(run_dir: Path) -> dict[str, list[tuple[float, float]]]:
-    """{metric: [(policy updates, value)]}: a training row is placed at the version that sampled
-    it, a validation row at the number of updates the evaluated policy had received."""
-    series: dict[str, list[tuple[float, float]]] = {}
-    with open(run_dir / "metrics.csv") as f:
-        for row in csv.DictReader(f):
-            if row.get("policy_version"):
-                step = float(row["policy_version"]) - 1
-            elif row.get("val/policy_version"):
-                step = float(row["val/policy_version"])
-            else:
-                step = float(row["step"]) + (1 if row.get("val/accuracy") and float(row["step"]) > 0 else 0)
-            for key, value in row.items():
-                if value and key not in ("step", "epoch"):
-                    series.setdefault(key, []).append((step, float(value)))
-    return series
+from ibpo_lightning.diagnostics.run_logs import metrics_file, read_series  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="directories holding metrics.csv")
+    parser.add_argument("runs", nargs="+", type=Path, help="CSV logs: a run's csv/version_N folder or a .csv file")
     parser.add_argument("--labels", nargs="*", help="one label per run")
     parser.add_argument("--out", type=Path, default=Path("curves.png"))
     args = parser.parse_args(argv)
-    runs = [r.parent if r.name == "metrics.csv" else r for r in args.runs]  # the file or its folder
+    runs = args.runs
     for run in runs:
-        if not (run / "metrics.csv").is_file():
-            parser.error(f"{run} holds no metrics.csv (give a run's csv/version_N folder or its metrics.csv)")
+        if not metrics_file(run).is_file():
+            parser.error(f"{run} holds no metrics.csv (give a run's csv/version_N folder or a .csv file)")
     if args.labels and len(args.labels) != len(runs):
         parser.error(f"{len(runs)} runs but {len(args.labels)} --labels: give one label per run")
     labels = args.labels or [str(r) for r in runs]

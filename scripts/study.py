@@ -2,7 +2,7 @@
 
     python scripts/study.py run --steps 10 --seeds 0 1 2            # quickstart task, 5 estimators
     python scripts/study.py report --out docs/img/study_quickstart.png
-    python scripts/study.py run --study chain --model ../sft-chain-smollm2   # from the SFT export
+    python scripts/study.py run --study chain --model runs/sft_chain/export   # from the SFT export
     python scripts/study.py report --study chain
 
 Each run is ``ibpo fit -c <study config> [-c configs/estimators/<name>.yaml]`` in its own process,
@@ -31,10 +31,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
-from plot_run import read_series  # noqa: E402
+import yaml  # noqa: E402
 
-NEWLINE = "\n"  # a real newline: jsonargparse keeps a str-typed value as given
+from ibpo_lightning.diagnostics.run_logs import read_series  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -48,43 +49,15 @@ class Study:
     needs_model: bool = False  # --model is passed as model.model
 
 
-STUDIES = {
-    "quickstart": Study("configs/quickstart.yaml", "runs/study/quickstart", steps=10, estimators={
-        "grpo": (["configs/estimators/grpo.yaml"], []),
-        "ibpo": ([], []),  # the task config's own IBPO (quickstart: 1 reference, <= 2 repairs a group)
-        # the arithmetic answers have no </thought> blocks: thoughts are words, and SRPO's call that
-        # names the first wrong thought gets a short budget
-        "srpo": (["configs/estimators/srpo.yaml"], ["--estimator.init_args.delimiter", " ",
-                                                     "--estimator.init_args.localisation_max_new_tokens", "8"]),
-        "rrpo": (["configs/estimators/rrpo.yaml"], ["--estimator.init_args.delimiter", " "]),
-        "dapo": (["configs/estimators/dapo.yaml"], []),
-    }),
-    # chains from the SFT cold start (docs/results.md, section 6 for the setting): a step is a line;
-    # 200 held-out chains; both IBPO readings with the same repair budget (1 reference, <= 2 repairs
-    # a group)
-    "chain": Study("configs/chain_rl.yaml", "docs/data/study_chain", steps=60, val_every=20, needs_model=True,
-                   # held-out: 4 answers at temperature 1 (the training reward's setting) and a greedy one;
-                   # RL on + and - chains with values up to 10, where GRPO gains 15 points in 60 steps
-                   # (probe F of section 6.2; the SFT chains also multiply and go up to 20)
-                   overrides=["--trainer.precision", "auto", "--data.prompts_per_step", "16",
-                              "--data.task.init_args.operators", "+-", "--data.task.init_args.max_value", "10",
-                              "--model.optimizer.init_args.lr", "2.0e-5", "--model.evaluation.samples", "4",
-                              "--model.evaluation.temperature", "1.0", "--model.evaluation.greedy", "true"],
-                   estimators={
-        "grpo": (["configs/estimators/grpo.yaml"], []),
-        "ibpo": ([], []),  # chain_rl.yaml's own IBPO: the whole-answer repair prompt
-        "ibpo_revision": (["configs/estimators/ibpo_revision.yaml"], [
-            "--estimator.init_args.n_refs", "1", "--estimator.init_args.max_repairs_per_group", "2"]),
-        "srpo": (["configs/estimators/srpo.yaml"], ["--estimator.init_args.delimiter", NEWLINE,
-                                                     "--estimator.init_args.localisation_max_new_tokens", "16"]),
-        "rrpo": (["configs/estimators/rrpo.yaml"], ["--estimator.init_args.delimiter", NEWLINE]),
-        "vineppo": (["configs/estimators/vineppo.yaml"], []),
-        "dapo": (["configs/estimators/dapo.yaml"], []),
-        # IBPO without positive credit on a repaired failure's edited tokens (section 6.4): the
-        # sign question, last in each seed
-        "ibpo_blame": ([], ["--estimator.init_args.repaired_credit", "blame"]),
-    }),
-}
+def load_studies(path: Path = ROOT / "configs/studies/studies.yaml") -> dict[str, Study]:
+    """The studies of ``configs/studies/studies.yaml``, each arm as (overlays, overrides)."""
+    raw = yaml.safe_load(path.read_text())
+    return {name: Study(**{**spec, "estimators": {arm: (given.get("overlays", []), given.get("overrides", []))
+                                                  for arm, given in spec["estimators"].items()}})
+            for name, spec in raw.items()}
+
+
+STUDIES = load_studies()
 
 
 def run_dir(root: Path, estimator: str, seed: int) -> Path:
