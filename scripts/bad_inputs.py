@@ -117,7 +117,7 @@ def run_case(argv: list[str], pattern: str, tree: Path, env: dict, work: Path) -
     proc = subprocess.run([sys.executable, *argv], cwd=tree, env=env, capture_output=True, text=True, timeout=900)
     lines = [line for line in (proc.stdout + "\n" + proc.stderr).splitlines() if line.strip()]
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
-    picked = [line for line in lines if pattern and re.search(pattern, line) and not line.startswith("  File")]
+    picked = [line for line in lines if pattern and re.search(pattern, line) and not line.startswith("  ")]
     answer = (" / ".join(dict.fromkeys(picked)) if picked else errors[-1] if errors else lines[-1] if lines else "").strip()
     return {"rc": proc.returncode, "traceback_frames": sum(line.startswith('  File "') for line in errors),
             "line": answer.replace(str(work), "WORK")[:600]}

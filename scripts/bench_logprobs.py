@@ -6,7 +6,9 @@ alternating: once with the shared-prompt path of ``token_logprobs`` (each prompt
 KV cache repeated for the group) and once with every row's prompt made distinct (the plain
 path). Usage:
 
-    python scripts/bench_logprobs.py --groups 4 --group-size 8 --prompt-len 39 --response-len 13
+    python scripts/bench_logprobs.py --groups 4 --group-size 8 --prompt-len 39 --response-len 13 \
+        --out docs/data/benchmarks/logprobs_shared_prompt.json
+    python scripts/bench_logprobs.py --report docs/data/benchmarks/logprobs_shared_prompt.json
 """
 
 from __future__ import annotations
@@ -14,11 +16,29 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
+from ibpo_lightning.diagnostics import bench_record
 from ibpo_lightning.losses import token_logprobs
 from ibpo_lightning.models import load_policy
+
+
+def report(record: dict) -> str:
+    """The published table of a stored record."""
+    r = record["results"]
+    rows = [bench_record.describe(record), "",
+            f"{r['groups']} groups x {r['group_size']} samples, prompt {r['prompt_len']} + response "
+            f"{r['response_len']} tokens, {r['model']} fp32", "",
+            f"| path | median seconds ({len(r['times']['plain'])} alternating runs after a warm-up) |", "|---|---|"]
+    for name, label in (("shared prompt", f"shared prompt (each prompt once, KV cache repeated x{r['group_size']})"),
+                        ("plain", "plain (every row's prompt distinct)")):
+        t = r["times"][name]
+        rows.append(f"| {label} | {statistics.median(t):.2f} ({', '.join(f'{x:.2f}' for x in t)}) |")
+    ratio = statistics.median(r["times"]["plain"]) / statistics.median(r["times"]["shared prompt"])
+    rows.append(f"| ratio | **{ratio:.2f}x** |")
+    return "\n".join(rows)
 
 
 def main() -> None:
@@ -29,7 +49,12 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=39)
     ap.add_argument("--response-len", type=int, default=13)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path, help="store the measurement here (JSON)")
+    ap.add_argument("--report", type=Path, help="print the table of a stored measurement and stop")
     args = ap.parse_args()
+    if args.report:
+        print(report(bench_record.load(args.report)))
+        return
     torch.manual_seed(0)
     model, _ = load_policy(args.model)
     model.train()
@@ -49,12 +74,10 @@ def main() -> None:
             logp, _ = token_logprobs(model, x, attn, score, with_entropy=True)
             logp.sum().backward()
             times[name].append(time.perf_counter() - start)
-    print(f"{args.groups} groups x {args.group_size} samples, prompt {args.prompt_len} + response "
-          f"{args.response_len} tokens, {args.model} fp32, {torch.get_num_threads()} threads")
-    for name, t in times.items():
-        print(f"  {name:14s} median {statistics.median(t[1:]):6.2f} s  (runs: {', '.join(f'{x:.2f}' for x in t[1:])})")
-    print(f"  speed-up: {statistics.median(times['plain'][1:]) / statistics.median(times['shared prompt'][1:]):.2f}x")
-
+    results = {"model": args.model, "groups": args.groups, "group_size": args.group_size,
+               "prompt_len": args.prompt_len, "response_len": args.response_len,
+               "times": {name: t[1:] for name, t in times.items()}}
+    print(report(bench_record.save(args.out, results)))
 
 if __name__ == "__main__":
     main()

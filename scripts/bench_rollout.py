@@ -10,6 +10,8 @@ Measured side by side in one process, on the same model and dtype (the trainer's
    responses) with the prefix cache read and with it skipped.
 
 Usage:  python scripts/bench_rollout.py [--repeats 3] [--with-generate] [--shapes quick long] [--skip-reset]
+            [--out docs/data/benchmarks/rollout.json]
+        python scripts/bench_rollout.py --report docs/data/benchmarks/rollout.json
 
 The vLLM prefix cache is reset before every timed call, as it is after each weight sync in
 training (otherwise repeats would find the prompts already cached).
@@ -20,9 +22,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
+from ibpo_lightning.diagnostics import bench_record
 from ibpo_lightning.models import load_policy
 from ibpo_lightning.rollout import HFEngine, VLLMEngine
 from ibpo_lightning.tasks import ArithmeticTask
@@ -70,6 +74,31 @@ def reset_continuation(engine: VLLMEngine, prompts, read_cache: bool) -> float:
     return time.perf_counter() - start
 
 
+def _runs(values: list[float], digits: int) -> str:
+    return f"{statistics.median(values):.{digits}f} ({', '.join(f'{x:.{digits}f}' for x in values)})"
+
+
+def report(record: dict) -> str:
+    """The published tables of a stored record: tokens/s per shape and engine, sync, reset continuation."""
+    r = record["results"]
+    names = list(next(iter(r["rates"].values()))) if r["rates"] else []
+    rows = [bench_record.describe(record), "",
+            "| shape | " + " | ".join(f"{n}, median tok/s (runs)" for n in names) + " | vLLM / HFEngine |",
+            "|---|" + "---|" * (len(names) + 1)]
+    for label, rates in r["rates"].items():
+        ratio = statistics.median(rates["vLLM"]) / statistics.median(rates["HFEngine"])
+        rows.append(f"| {label} | " + " | ".join(_runs(rates[n], 1) for n in names) + f" | **{ratio:.2f}x** |")
+    rows += ["", "| other figure | seconds, median (runs) |", "|---|---|",
+             f"| vLLM engine start-up (build + first sync) | {r['startup_s']:.1f} |",
+             f"| weight sync into vLLM | {_runs(r['sync_s'], 2)} |"]
+    if r.get("reset_cached_s"):
+        ratio = statistics.median(r["reset_uncached_s"]) / statistics.median(r["reset_cached_s"])
+        rows += [f"| reset continuation (4 suffixes x <=64 tokens from the middle of 64 responses), prefix cache read "
+                 f"| {_runs(r['reset_cached_s'], 1)} |",
+                 f"| the same, prefix cache skipped | {_runs(r['reset_uncached_s'], 1)} (**{ratio:.2f}x** slower) |"]
+    return "\n".join(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -78,14 +107,20 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="+", default=["quick", "long"], choices=["quick", "long"])
     ap.add_argument("--skip-reset", action="store_true", help="skip the reset-continuation figure")
     ap.add_argument("--compiled", action="store_true", help="vLLM's compiled mode instead of eager")
+    ap.add_argument("--out", type=Path, help="store the measurements here (JSON)")
+    ap.add_argument("--report", type=Path, help="print the tables of a stored measurement and stop")
     args = ap.parse_args()
+    if args.report:
+        print(report(bench_record.load(args.report)))
+        return
     torch.manual_seed(0)
     model, tok = load_policy(args.model)
     model.eval()
     start = time.perf_counter()
     vllm = VLLMEngine(enforce_eager=not args.compiled)
     vllm.bind(model, tok)
-    print(f"vLLM engine built and synced in {time.perf_counter() - start:.1f} s")
+    results: dict = {"model": args.model, "repeats": args.repeats, "startup_s": time.perf_counter() - start,
+                     "rates": {}}
     hf = HFEngine()
     hf.bind(model, tok)
     task = ArithmeticTask(operators=("+",), max_value=20)
@@ -94,7 +129,8 @@ def main() -> None:
     stories = [chat(tok, f"Write a long story about {TOPICS[i % 8]}, number {i}.") for i in range(64)]
     vllm.generate(quick, 2, max_new_tokens=4, temperature=1.0)  # warm-up of both engines
     hf.generate(quick, 2, max_new_tokens=4, temperature=1.0)
-    shapes = {"quick": ("quickstart 8x8x16", quick, 8, 16), "long": ("64x1x256", stories, 1, 256)}
+    shapes = {"quick": ("quickstart: 8 prompts x 8 samples x <=16 tokens (arithmetic)", quick, 8, 16),
+              "long": ("64 prompts x 1 sample x <=256 tokens (open-ended stories)", stories, 1, 256)}
     names = ["vLLM", "HFEngine"] + (["model.generate"] if args.with_generate else [])
     for label, prompts, n, max_new in (shapes[k] for k in args.shapes):
         rates: dict[str, list[float]] = {k: [] for k in names}
@@ -104,23 +140,17 @@ def main() -> None:
             if args.with_generate:
                 begin = time.perf_counter()
                 rates["model.generate"].append(hf_generate(model, tok, prompts, n, max_new) / (time.perf_counter() - begin))
-        print(f"{label}: {args.model}, fp32, {torch.get_num_threads()} threads, {args.repeats} alternating repeats")
-        for k, r in rates.items():
-            print(f"  {k:15s} median {statistics.median(r):7.1f} tok/s   (runs: {', '.join(f'{x:.1f}' for x in r)})")
-        print(f"  ratio vLLM / HFEngine: {statistics.median(rates['vLLM']) / statistics.median(rates['HFEngine']):.2f}x")
+        results["rates"][label] = rates
     syncs = []
     for _ in range(args.repeats):
         begin = time.perf_counter()
         vllm.sync_weights(model.named_parameters())
         syncs.append(time.perf_counter() - begin)
-    print(f"weight sync: median {statistics.median(syncs):.2f} s (runs: {', '.join(f'{x:.2f}' for x in syncs)})")
-    if args.skip_reset:
-        return
-    cached = [reset_continuation(vllm, stories, True) for _ in range(args.repeats)]
-    uncached = [reset_continuation(vllm, stories, False) for _ in range(args.repeats)]
-    print(f"reset continuation (64 prefixes of ~64 tokens + prompt, 4 x 64 new tokens): "
-          f"prefix cache read {statistics.median(cached):.2f} s, skipped {statistics.median(uncached):.2f} s, "
-          f"ratio {statistics.median(uncached) / statistics.median(cached):.2f}x")
+    results["sync_s"] = syncs
+    if not args.skip_reset:
+        results["reset_cached_s"] = [reset_continuation(vllm, stories, True) for _ in range(args.repeats)]
+        results["reset_uncached_s"] = [reset_continuation(vllm, stories, False) for _ in range(args.repeats)]
+    print(report(bench_record.save(args.out, results)))
 
 
 if __name__ == "__main__":

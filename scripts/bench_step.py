@@ -77,9 +77,13 @@ def main() -> None:
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     if argv[:1] == ["--report"]:  # the rows of stored runs: bench_step.py --report DIR [DIR ...]
+        stored = {Path(f).name: json.loads((Path(f) / "summary.json").read_text()) for f in argv[1:]}
         print(HEADER)
-        for folder in map(Path, argv[1:]):
-            print(markdown(folder.name, json.loads((folder / "summary.json").read_text())))
+        for name, result in stored.items():
+            print(markdown(name, result))
+        for name, result in stored.items():  # and each one's phase table, against the peaks it probed
+            if "matmul_peak_gflops" in result:
+                print(f"\n{name}:\n{phase_table(result, result['matmul_peak_gflops'])}")
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", action="append", required=True, help="config files, stacked in order")

@@ -1,0 +1,131 @@
+"""Smoke tests of the scripts that produce published numbers: each runs on the tiny model (or a
+few rows) and its ``--report`` reads back what its ``--out`` stored; the stored outputs under
+``docs/data/`` print the rows the docs publish."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+DATA = ROOT / "docs" / "data"
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def _run(*args: str, timeout: int = 600) -> str:
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _stored_and_reported(script: str, out: Path, *args: str) -> tuple[dict, str]:
+    printed = _run(f"scripts/{script}", *args, "--out", str(out))
+    record = json.loads(out.read_text())
+    assert record["machine"]["cpu"] and record["command"].startswith("python scripts/")
+    reported = _run(f"scripts/{script}", "--report", str(out))
+    assert reported.strip() == printed.strip().splitlines()[-1] or reported.strip() in printed
+    return record, reported
+
+
+def test_bench_logprobs(tmp_path):
+    record, table = _stored_and_reported("bench_logprobs.py", tmp_path / "lp.json", "--model", "tiny-random-llama",
+                                         "--groups", "2", "--group-size", "2", "--repeats", "1")
+    times = record["results"]["times"]
+    assert len(times["plain"]) == len(times["shared prompt"]) == 1 and all(t > 0 for t in times["plain"])
+    assert "| ratio | **" in table
+
+
+def test_bench_logprob_memory(tmp_path):
+    record, table = _stored_and_reported("bench_logprob_memory.py", tmp_path / "mem.json", "--model",
+                                         "tiny-random-llama", "--lengths", "64", "--chunk", "16")
+    assert {(r["length"], r["chunk"]) for r in record["results"]} == {(64, None), (64, 16)}
+    assert "| 64 | " in table
+
+
+def test_profile_train_step(tmp_path):
+    record, table = _stored_and_reported("profile_train_step.py", tmp_path / "p.json", "--model", "tiny-random-llama",
+                                         "--modes", "fp32", "bf16", "--repeats", "1", "--prompts", "2",
+                                         "--samples", "2", "--top", "3")
+    assert set(record["results"]["seconds"]) == {"fp32", "bf16"} and "aten::" in record["results"]["top"]["bf16"]
+    assert "| bf16 | " in table
+
+
+@pytest.mark.slow
+def test_bench_rollout_with_vllm(tmp_path):
+    record, table = _stored_and_reported("bench_rollout.py", tmp_path / "r.json", "--model", "tiny-random-llama",
+                                         "--repeats", "1", "--shapes", "quick", "--skip-reset")
+    rates = record["results"]["rates"]
+    assert len(rates) == 1 and all(v[0] > 0 for v in next(iter(rates.values())).values())
+    assert "weight sync into vLLM" in table
+
+
+def test_bench_step_and_its_phase_table(tmp_path):
+    out = tmp_path / "step"
+    _run("scripts/bench_step.py", "-c", "configs/tiny.yaml", "--steps", "2", "--warmup", "1", "--out", str(out))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 1 and summary["train_s"] > 0 and set(summary["matmul_peak_gflops"]) == {"fp32", "bf16"}
+    reported = _run("scripts/bench_step.py", "--report", str(out))
+    assert "| step |" in reported and "| train |" in reported
+
+
+def test_bench_code_reward_on_a_few_mbpp_rows(tmp_path):
+    if not (SHARED / "code" / "mbpp.jsonl").is_file():
+        pytest.skip("the shared data is not beside the checkout")
+    out = _run("scripts/bench_code_reward.py", "--limit", "6", "--workers", "1", "--exclude")
+    assert "workers=1: 6 programs in " in out and "6 of 6 scored 1.0" in out and "| 1 | " in out, out
+
+
+def test_humaneval_references_on_two_problems(tmp_path):
+    rows = [{"task_id": "HumanEval/0", "prompt": "def add(a, b):\n    \"\"\"Sum.\"\"\"\n",
+             "canonical_solution": "    return a + b\n", "entry_point": "add",
+             "test": "METADATA = {}\n\ndef check(candidate):\n    assert candidate(1, 2) == 3\n"},
+            {"task_id": "HumanEval/1", "prompt": "def twice(s):\n", "canonical_solution": "    return s * 2\n",
+             "entry_point": "twice", "test": "def check(candidate):\n    for x in ['a', 'bc']:\n"
+                                             "        assert candidate(x) == x + x\n"}]
+    data = tmp_path / "HumanEval.jsonl.gz"
+    with gzip.open(data, "wt") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+    out = _run("scripts/humaneval_references.py", str(data), "--workers", "1")
+    assert "| 2 | 2 | 2 | " in out, out  # both pass, both broken variants fail
+
+
+def test_hostile_report_on_one_class():
+    out = _run("scripts/hostile_report.py", "-k", "comparison_cannot_be_lied_to")
+    assert "all scored 0 (pytest passed)" in out
+
+
+def test_hostile_cases_on_this_checkout():
+    out = _run("scripts/hostile_cases_on.py")
+    total = out.count("\n0  ") + out.count("\n1  ")
+    assert total >= 21 and f"0 of {total} attacks worked" in out, out
+
+
+def test_bad_inputs_report_of_the_stored_pair():
+    out = _run("scripts/bad_inputs.py", "--report", str(DATA / "bad_inputs/before.json"),
+               str(DATA / "bad_inputs/after.json"))
+    assert out.count("\n| ") >= 14 and "Expected object or value" in out and "long.jsonl row 4" in out
+
+
+STORED = {  # report command -> the stored output(s) it reads; each printed table row is in docs/benchmarks.md
+    "bench_logprobs.py": ["--report", "benchmarks/logprobs_shared_prompt.json"],
+    "bench_logprob_memory.py": ["--report", "benchmarks/logprob_memory.json"],
+    "bench_rollout.py": ["--report", "benchmarks/rollout.json"],
+    "profile_train_step.py": ["--report", "benchmarks/train_micro_batch.json"],
+    "bench_step.py": ["--report", "benchmarks/step_phases/32-true", "benchmarks/step_phases/bf16-mixed"],
+}
+
+
+@pytest.mark.parametrize("script", list(STORED))
+def test_stored_benchmarks_print_the_published_rows(script):
+    args = [a if a.startswith("--") else str(DATA / a) for a in STORED[script]]
+    out = _run(f"scripts/{script}", *args)
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    published = (ROOT / "docs" / "benchmarks.md").read_text()
+    assert rows and [r for r in rows if r not in published] == []
