@@ -7,8 +7,10 @@ machine's probed fp32 and bf16 matmul peaks, padding) per precision.
 Runs ``ibpo fit -c configs/quickstart.yaml`` (plus any ``--config`` overlays) once per (seed,
 precision), precisions alternating (ABBA over seeds) so that both see the same machine load. Each
 run writes ``<out>/<precision>_s<seed>/`` and its ``summary.json``; a rerun skips runs that have
-one, so a stopped study continues where it stopped. Prints a markdown table of every finished run
-and, per precision, the mean step time and its ratio to the first precision.
+one, so a stopped study continues where it stopped (and a run over finished ones only prints the
+tables). Prints a markdown table of every finished run and, per precision, the per-phase table
+against the matmul peaks (probed once, after the runs, kept in ``<out>/peaks.json``), the mean
+step time and its ratio to the first precision.
 """
 
 from __future__ import annotations
@@ -78,7 +80,10 @@ def main() -> None:
               f"{r['accuracy_after']:.3f} (step {r['after_step']:.0f}) | {r['logprob_diff_mean']:.4f} / "
               f"{r['logprob_diff_max']:.3f} |")
     base = statistics.mean(r["step_s"] for (p, _), r in results.items() if p == args.precisions[0])
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    probed = args.out / "peaks.json"  # probed once, after the runs, and kept with them
+    if not probed.exists():
+        probed.write_text(json.dumps({"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}))
+    peaks = json.loads(probed.read_text())
     for precision in args.precisions:
         rs = [r for (p, _), r in results.items() if p == precision]
         mean_run = {k: statistics.mean(r[k] for r in rs) for k in rs[0]}

@@ -1,6 +1,7 @@
 """Table of scripts/bench_vs_trl.sh: mean step time per run, and the TRL / ibpo-lightning ratios.
 
     python scripts/bench_trl_report.py runs/bench_trl
+    python scripts/bench_trl_report.py docs/data/benchmarks/trl     # the stored runs of docs/results.md §1
 """
 
 from __future__ import annotations
@@ -10,9 +11,13 @@ import statistics
 import sys
 from pathlib import Path
 
+from ibpo_lightning.diagnostics import bench_record
+
 
 def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/bench_trl")
+    if (root / "machine.json").exists():
+        print(bench_record.describe(bench_record.load(root / "machine.json")) + "\n")
     runs: dict[str, list[dict]] = {}
     for path in sorted(root.glob("*_r*/summary.json")):
         runs.setdefault(path.parent.name.rsplit("_r", 1)[0], []).append(json.loads(path.read_text()))

@@ -3,7 +3,8 @@
 #   bash scripts/bench_vs_trl.sh [rounds] [steps]      (defaults: 2 rounds of 5 steps, 1 warm-up)
 # Needs .venv (scripts/install.sh) and .venv-trl (scripts/install_trl.sh). Each round runs, one
 # after the other: ibpo-lightning with vLLM, ibpo-lightning with the HF engine, TRL with HF
-# generate. Results: runs/bench_trl/<engine>_r<k>/summary.json; the table: scripts/bench_trl_report.py.
+# generate. Results: runs/bench_trl/<engine>_r<k>/summary.json and the machine in machine.json; the
+# table: scripts/bench_trl_report.py runs/bench_trl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-2}
@@ -16,6 +17,10 @@ from omegaconf import OmegaConf; from ibpo_lightning.precision import resolve_pr
 print(resolve_precision(OmegaConf.load('configs/quickstart.yaml').trainer.get('precision', 'auto'))[0])")
 TRL_PRECISION=(); [[ $PRECISION == bf16* ]] && TRL_PRECISION=(--bf16)
 echo "precision: $PRECISION (TRL: ${TRL_PRECISION[*]:-fp32})"
+mkdir -p $OUT
+.venv/bin/python -c "import sys; from ibpo_lightning.diagnostics import bench_record
+bench_record.save('$OUT/machine.json', {'rounds': $ROUNDS, 'steps': $STEPS, 'precision': '$PRECISION'},
+                  ['scripts/bench_vs_trl.sh', '$ROUNDS', '$STEPS'])"
 .venv/bin/python scripts/bench_step.py "${CONFIGS[@]}" --steps "$STEPS" --export-prompts $OUT/prompts.jsonl
 for r in $(seq 1 "$ROUNDS"); do
   .venv/bin/python scripts/bench_step.py "${CONFIGS[@]}" --steps "$STEPS" --out $OUT/ours_vllm_r$r

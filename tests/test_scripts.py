@@ -59,7 +59,7 @@ def test_profile_train_step(tmp_path):
 
 @pytest.mark.slow
 def test_bench_rollout_with_vllm(tmp_path):
-    record, table = _stored_and_reported("bench_rollout.py", tmp_path / "r.json", "--model", "tiny-random-llama",
+    record, table = _stored_and_reported("bench_rollout.py", tmp_path / "r.json",  # vLLM-CPU: head_dim 64 and up
                                          "--repeats", "1", "--shapes", "quick", "--skip-reset")
     rates = record["results"]["rates"]
     assert len(rates) == 1 and all(v[0] > 0 for v in next(iter(rates.values())).values())
@@ -73,6 +73,24 @@ def test_bench_step_and_its_phase_table(tmp_path):
     assert summary["steps"] == 1 and summary["train_s"] > 0 and set(summary["matmul_peak_gflops"]) == {"fp32", "bf16"}
     reported = _run("scripts/bench_step.py", "--report", str(out))
     assert "| step |" in reported and "| train |" in reported
+
+
+def test_bench_precision_on_the_tiny_model(tmp_path):
+    """Both precisions on the tiny model (the quickstart with configs/tiny.yaml stacked on it); a
+    second call over the finished runs prints the same tables from what they stored."""
+    short = tmp_path / "short.yaml"
+    short.write_text("trainer:\n  val_check_interval: 2\n")  # the quickstart validates every 5 of its 20 steps
+    args = ["scripts/bench_precision.py", "--config", "configs/tiny.yaml", "--config", str(short), "--seeds", "0",
+            "--out", str(tmp_path / "runs")]
+    first = _run(*args)
+    for precision in ("32-true", "bf16-mixed"):
+        summary = json.loads((tmp_path / "runs" / f"{precision}_s0" / "summary.json").read_text())
+        assert summary["step_s"] > 0 and 0 <= summary["accuracy_after"] <= 1
+    assert "| 32-true | 0 | " in first and "| bf16-mixed | 0 | " in first
+    def rows(out: str) -> list[str]:
+        return [line for line in out.splitlines() if line.startswith("| ")]
+
+    assert rows(_run(*args)) == rows(first)  # the stored runs and peaks, not new measurements
 
 
 def test_bench_code_reward_on_a_few_mbpp_rows(tmp_path):
@@ -129,3 +147,10 @@ def test_stored_benchmarks_print_the_published_rows(script):
     rows = [line for line in out.splitlines() if line.startswith("| ")]
     published = (ROOT / "docs" / "benchmarks.md").read_text()
     assert rows and [r for r in rows if r not in published] == []
+
+
+def test_stored_trl_comparison_prints_the_published_rows():
+    out = _run("scripts/bench_trl_report.py", str(DATA / "benchmarks/trl"))
+    rows = [line for line in out.splitlines() if line.startswith(("| ", "TRL "))]
+    published = (ROOT / "docs" / "results.md").read_text()
+    assert len(rows) == 6 and [r for r in rows if r not in published] == []  # header, 3 runs, 2 ratios
