@@ -83,3 +83,23 @@ def test_validate_names_a_held_out_row(tmp_path):
     heldout = _rows(tmp_path / "heldout.jsonl", long_at=2)
     with pytest.raises(ValueError, match=r"1 of 6 held-out problems .* heldout\.jsonl row 4: \d+ tokens"):
         _cli("validate", tmp_path, f"--data.task.train_path={train}", f"--data.task.heldout_path={heldout}")
+
+
+def test_sft_validate_names_a_held_out_row_or_drops_it(tmp_path):
+    from ibpo_lightning.cli import run_sft_cli
+
+    rows = [{"question": LONG if i == 1 else f"{i} + {i}?", "answer": f"{i}+{i}={2 * i}\n#### {2 * i}"} for i in range(4)]
+    data, train = tmp_path / "sft.jsonl", tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train.write_text("".join(json.dumps({"question": f"{i} + 1?", "answer": f"{i}+1={i + 1}\n#### {i + 1}"}) + "\n"
+                             for i in range(4)))
+    args = ["validate", "-c", str(ROOT / "configs/sft_tiny.yaml"), f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.enable_progress_bar=false", "--trainer.logger=false",
+            "--data.task=ibpo_lightning.tasks.JsonlTask", f"--data.task.train_path={train}",
+            f"--data.task.heldout_path={data}", "--data.task.solution_field=answer", "--data.task.system_prompt=null",
+            "--data.task.reward=ibpo_lightning.rewards.NumberReward"]
+    with pytest.raises(ValueError, match=r"1 of 4 held-out problems .* sft\.jsonl row 2: \d+ tokens"):
+        run_sft_cli(args)
+    with pytest.warns(UserWarning, match="left out 1 of 4 held-out problems"):
+        cli = run_sft_cli([*args, "--data.drop_long_prompts=true"])
+    assert len(cli.datamodule.evaluation_problems("held-out")) == 3

@@ -12,11 +12,11 @@ the policy module has every prompt a stage will use checked against the context
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
 
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, IterableDataset
 
+from ibpo_lightning.data.lengths import CheckedEvaluation, Fits
 from ibpo_lightning.tasks.base import Problem, Task
 
 
@@ -64,7 +64,7 @@ class ProblemStream(IterableDataset):
             yield self.dm.draw_problems(self.dm.prompts_per_step)
 
 
-class RLDataModule(LightningDataModule):
+class RLDataModule(CheckedEvaluation, LightningDataModule):
     """Streams each RL step's training problems, and held-out problems for validation.
 
     Args:
@@ -88,21 +88,15 @@ class RLDataModule(LightningDataModule):
         self.task, self.prompts_per_step, self.steps = task, prompts_per_step, steps
         self.val_batch_size, self.seed, self.drop_long_prompts = val_batch_size, seed, drop_long_prompts
         self.train_problems: list[Problem] = list(task.train_problems())
-        self._checked: dict[str, list[Problem]] = {}
-        """The held-out and test problems ``fit_prompts`` kept."""
         self.order = PromptSampler(len(self.train_problems), seed)
 
-    def fit_prompts(self, stage: str, fits: Callable[[Sequence[Problem], str, bool], list[Problem]]) -> None:
+    def fit_prompts(self, stage: str, fits: Fits) -> None:
         """Check the prompts ``stage`` will use before its first step (before a checkpoint restores
-        the prompt order): ``fits(problems, split, drop)`` returns the problems kept or raises a
-        ValueError naming those that do not fit."""
+        the prompt order): ``fits`` keeps the problems that fit or names those that do not."""
         if stage == "fit":
             self.train_problems = fits(self.task.train_problems(), "training", self.drop_long_prompts)
             self.order = PromptSampler(len(self.train_problems), self.seed)
-        if stage in ("fit", "validate"):
-            self._checked["held-out"] = fits(self.task.heldout_problems(), "held-out", self.drop_long_prompts)
-        if stage == "test":
-            self._checked["test"] = fits(self.task.test_problems(), "test", self.drop_long_prompts)
+        self.fit_evaluation_prompts(stage, fits)
 
     def teardown(self, stage: str) -> None:
         """Stop the reward's worker processes (a later stage starts them again on first use)."""
@@ -124,13 +118,11 @@ class RLDataModule(LightningDataModule):
         return DataLoader(ProblemStream(self), batch_size=None, num_workers=0, collate_fn=list)
 
     def val_dataloader(self) -> DataLoader:
-        held_out = self._checked.get("held-out") or list(self.task.heldout_problems())
-        return DataLoader(held_out, batch_size=self.val_batch_size, num_workers=0, collate_fn=list)
+        return DataLoader(self.evaluation_problems("held-out"), batch_size=self.val_batch_size, num_workers=0, collate_fn=list)
 
     def test_dataloader(self) -> DataLoader:
         """The task's test split where it has one, else its held-out split."""
-        problems = self._checked.get("test") or list(self.task.test_problems())
-        return DataLoader(problems, batch_size=self.val_batch_size, num_workers=0, collate_fn=list)
+        return DataLoader(self.evaluation_problems("test"), batch_size=self.val_batch_size, num_workers=0, collate_fn=list)
 
     def state_dict(self) -> dict:
         return {"sampler": self.order.state_dict()}  # key kept: checkpoints of earlier versions load

@@ -15,11 +15,11 @@ exactly with ``encode_chat``.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ibpo_lightning.rollout.sampler import encode_chat
-from ibpo_lightning.tasks.base import Problem
+from ibpo_lightning.tasks.base import Problem, Task
 
 _MARGIN = 8
 """Rows whose estimate is this close to the limit are counted exactly."""
@@ -91,3 +91,31 @@ def check_problems(tokenizer, problems: Sequence[Problem], system_prompt: str | 
     return fit_split(problems, prompt_lengths(tokenizer, problems, system_prompt, room.tokens), room, split, task,
                      drop)
 
+
+
+Fits = Callable[[Sequence[Problem], str, bool], list[Problem]]
+"""What the policy module hands a data module's ``fit_prompts``: ``fits(problems, split, drop)``
+returns the problems kept, or raises a ValueError naming those that do not fit."""
+
+
+class CheckedEvaluation:
+    """Data-module mixin: the held-out and test problems as ``fit_prompts`` kept them (the task's
+    own until it ran). The data module sets ``task`` and ``drop_long_prompts``."""
+
+    task: Task
+    drop_long_prompts: bool = False
+    _checked: dict[str, list[Problem]] | None = None
+
+    def fit_evaluation_prompts(self, stage: str, fits: Fits) -> None:
+        checked = self._checked = self._checked or {}
+        if stage in ("fit", "validate"):
+            checked["held-out"] = fits(self.task.heldout_problems(), "held-out", self.drop_long_prompts)
+        if stage == "test":
+            checked["test"] = fits(self.task.test_problems(), "test", self.drop_long_prompts)
+
+    def evaluation_problems(self, split: str) -> list[Problem]:
+        """The ``"held-out"`` or ``"test"`` problems to evaluate on."""
+        checked = (self._checked or {}).get(split)
+        if checked is not None:
+            return checked
+        return list(self.task.heldout_problems() if split == "held-out" else self.task.test_problems())

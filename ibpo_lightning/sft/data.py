@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ibpo_lightning.data.lengths import CheckedEvaluation, Fits
 from ibpo_lightning.rollout.sampler import encode_chat
 from ibpo_lightning.tasks.base import Problem, Task
 
@@ -87,7 +88,7 @@ def pack(examples: list[Example], max_rows: int, max_tokens: int | None) -> list
     return out
 
 
-class SFTDataModule(LightningDataModule):
+class SFTDataModule(CheckedEvaluation, LightningDataModule):
     """The task's worked solutions for training, its held-out problems for evaluation.
 
     Training batches are lists of :class:`Problem` (the module tokenizes them with the policy's
@@ -101,14 +102,17 @@ class SFTDataModule(LightningDataModule):
         limit: fine-tune on the first this many problems with solutions (None: all).
         shuffle: reshuffle the problems every epoch (the order follows ``seed_everything``).
         val_batch_size: held-out problems per evaluation generate call.
+        drop_long_prompts: leave out (with one warning) held-out and test problems whose prompt plus
+            the response budget does not fit the model's context, instead of failing at start-up.
     """
 
     def __init__(self, task: Task, batch_size: int = 8, limit: int | None = None, shuffle: bool = True,
-                 val_batch_size: int = 64) -> None:
+                 val_batch_size: int = 64, drop_long_prompts: bool = False) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
         self.task, self.batch_size, self.shuffle, self.val_batch_size = task, batch_size, shuffle, val_batch_size
+        self.drop_long_prompts = drop_long_prompts
         self.problems = task.sft_problems()[:limit]
 
     def train_dataloader(self) -> DataLoader:
@@ -120,10 +124,14 @@ class SFTDataModule(LightningDataModule):
                               collate_fn=list)
         return DataLoader(self.problems, batch_size=self.batch_size, shuffle=self.shuffle, num_workers=0, collate_fn=list)
 
+    def fit_prompts(self, stage: str, fits: Fits) -> None:
+        """Check the held-out (test) prompts an evaluation samples from (``data/lengths.py``)."""
+        self.fit_evaluation_prompts(stage, fits)
+
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(list(self.task.heldout_problems()), batch_size=self.val_batch_size, num_workers=0,
+        return DataLoader(self.evaluation_problems("held-out"), batch_size=self.val_batch_size, num_workers=0,
                           collate_fn=list)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(list(self.task.test_problems()), batch_size=self.val_batch_size, num_workers=0,
+        return DataLoader(self.evaluation_problems("test"), batch_size=self.val_batch_size, num_workers=0,
                           collate_fn=list)
