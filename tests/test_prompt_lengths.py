@@ -52,6 +52,8 @@ def test_a_long_row_is_named_or_dropped():
     # the engine's limit, when tighter, is the one named; no limit known checks nothing
     assert prompt_room(2048, 512, 64, "x").why == "the engine's max_model_len of 512 positions less x=64"
     assert check_problems(tok, problems, None, None, "training", "JsonlTask", drop=False) == problems
+    with pytest.raises(ValueError, match="rollout.max_new_tokens=4096 does not fit the model's context of 2048"):
+        prompt_room(2048, None, 4096, "rollout.max_new_tokens")
 
 
 def _rows(path: Path, long_at: int, n: int = 6) -> Path:

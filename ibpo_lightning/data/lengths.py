@@ -41,6 +41,9 @@ def prompt_room(context: int | None, engine_context: int | None, budget: int, bu
     if not limits:
         return None
     limit, what = min(limits)
+    if budget >= limit:
+        raise ValueError(f"{budget_name}={budget} does not fit {what} of {limit} positions (prompt included): "
+                         f"lower it below {limit}")
     return PromptRoom(limit - budget, f"{what} of {limit} positions less {budget_name}={budget}")
 
 
