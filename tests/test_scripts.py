@@ -154,3 +154,10 @@ def test_stored_trl_comparison_prints_the_published_rows():
     rows = [line for line in out.splitlines() if line.startswith(("| ", "TRL "))]
     published = (ROOT / "docs" / "results.md").read_text()
     assert len(rows) == 6 and [r for r in rows if r not in published] == []  # header, 3 runs, 2 ratios
+
+
+def test_stored_precision_runs_print_the_published_rows():
+    out = _run("scripts/bench_precision.py", "--seeds", "0", "1", "--out", str(DATA / "benchmarks/precision"))
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    published = (ROOT / "docs" / "benchmarks.md").read_text()
+    assert len(rows) == 15 and [r for r in rows if r not in published] == []  # 4 runs and 2 phase tables, headers
