@@ -143,6 +143,17 @@ def users_error(error: BaseException) -> bool:
     return frame is not None and os.path.abspath(frame.tb_frame.f_code.co_filename).startswith(_PACKAGE)
 
 
+def leave_process_group() -> None:
+    """End a multi-process run's process group once every rank is done. Left to the interpreter's
+    exit, gloo's threads can abort a rank after its run finished ("terminate called without an
+    active exception", status -6, seen once in CI), which the launcher reports as a failed run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point of ``ibpo``; a run stopped by SIGTERM (after saving, see
     ``checkpointing.InterruptCheckpoint``) exits with status 143, by Ctrl-C (SIGINT) with 130, as
@@ -157,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
             run_sft_cli(rest if rest[:1] and rest[0] in ("fit", "validate", "test") else ["fit", *rest])
         else:
             run_cli(argv)
+        leave_process_group()
     except SIGTERMException:
         sys.exit(128 + signal.SIGTERM)
     except (RunHealthError, *USER_ERRORS) as error:

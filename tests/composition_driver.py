@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ibpo_lightning.cli import run_cli  # noqa: E402
+from ibpo_lightning.cli import leave_process_group, run_cli  # noqa: E402
 
 
 def main() -> None:
@@ -62,6 +62,7 @@ def main() -> None:
             row["error"] = f"{type(err).__name__}: {err}\n{traceback.format_exc()[-2000:]}"
         with open(out / f"rank{rank}.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
+    leave_process_group()
 
 
 if __name__ == "__main__":
