@@ -11,7 +11,7 @@ import ast
 from functools import lru_cache
 
 from ibpo_lightning.rewards.sandbox.library import METHOD_NAMES
-from ibpo_lightning.rewards.sandbox.plan import binop_call
+from ibpo_lightning.rewards.sandbox.plan import binop_call, parse
 
 COMPARE, TRUTH, BINOP = "__sandbox_compare__", "__sandbox_truth__", "__sandbox_binop__"
 METHOD = "__sandbox_method__"
@@ -29,7 +29,7 @@ def harden(test: str) -> str:
     plain copies of the values (and refuse anything else), see ``child._judges``. Still inside the program's process: a program that tampers
     with the harness itself can defeat this, which judging in the parent does not allow."""
     try:
-        tree = ast.parse(test)
+        tree = parse(test)
     except (SyntaxError, ValueError):
         return test
 

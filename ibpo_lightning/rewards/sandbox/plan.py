@@ -21,6 +21,7 @@ cases) returns None and runs in the child the old way (see ``docs/code_reward.md
 from __future__ import annotations
 
 import ast
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -64,9 +65,23 @@ class TestPlan:
             return False
 
 
+_AST = threading.Lock()
+"""The rewards score programs in threads, and CPython 3.11 keeps the AST converter's recursion
+depth per interpreter, not per thread: two threads parsing at once can fail with "AST constructor
+recursion depth mismatch" (CPython gh-106905; seen in CI). Every parse and every compile of a tree
+here holds this lock."""
+
+
+def parse(source: str) -> ast.Module:
+    """``ast.parse`` under :data:`_AST`."""
+    with _AST:
+        return ast.parse(source)
+
+
 @lru_cache(maxsize=4096)
 def _compiled(check: ast.Expression):
-    return compile(check, "<test check>", "eval")
+    with _AST:
+        return compile(check, "<test check>", "eval")
 
 
 def defined_names(*sources: str) -> frozenset[str]:
@@ -75,7 +90,7 @@ def defined_names(*sources: str) -> frozenset[str]:
     names: set[str] = set()
     for source in sources:
         try:
-            tree = ast.parse(source)
+            tree = parse(source)
         except (SyntaxError, ValueError):
             continue
         for node in ast.walk(tree):
@@ -97,7 +112,7 @@ def plan_test(test: str, program_names: frozenset[str] = frozenset(),
     :data:`SAFE_MODULES` and literals bound to names it never reads, else None. ``imported``: (name, ``math.<attr>``) bound by an import in
     the setup or preamble (not rebound by the program), so the test's ``isclose`` is math's."""
     try:
-        tree = ast.parse(test)
+        tree = parse(test)
     except (SyntaxError, ValueError):
         return None
     aliases = {"math": "math", **dict(imported)}
@@ -123,7 +138,7 @@ def imported_names(*sources: str) -> frozenset[tuple[str, str]]:
     bound: dict[str, str] = {}
     for source in sources:
         try:
-            statements = ast.parse(source).body
+            statements = parse(source).body
         except (SyntaxError, ValueError):
             continue
         for statement in statements:
