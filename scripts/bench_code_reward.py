@@ -8,7 +8,7 @@ Besides the wall-clock rate, the CPU time of the children per program (user + sy
 ``getrusage``) is printed: unlike the rate, it hardly depends on what else the machine runs.
 
 With ``--baseline DIR`` (another checkout, e.g. ``git worktree add /tmp/base <commit>`` or
-``git archive <commit> | tar -x -C /tmp/base``) it compares the two code versions instead, paired:
+``mkdir -p /tmp/base && git archive <commit> | tar -x -C /tmp/base``) it compares the two code versions instead, paired:
 the problems are cut into ``--chunks`` pieces and each piece runs under both versions one after
 the other (in fresh processes, the order alternating), so load from other jobs on the machine
 falls on both alike.

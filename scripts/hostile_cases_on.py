@@ -3,7 +3,7 @@
 Runs every case of ``LIBRARY_CASES`` and ``METHOD_CASES`` (``tests/test_sandbox_calls.py``) with
 the ``ibpo_lightning`` found first on the path, and prints its reward: 1 means the attack worked
 there. With this checkout every case scores 0 (the test file asserts it); on the sandbox before
-issue 31 (``git archive 99b8958 | tar -x -C /tmp/base``) most scored 1:
+issue 31 (``mkdir -p /tmp/base && git archive 99b8958 | tar -x -C /tmp/base``) most scored 1:
 
     PYTHONPATH=/tmp/base python scripts/hostile_cases_on.py
 """
