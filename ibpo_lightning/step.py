@@ -1,7 +1,8 @@
 """One RL step, top to bottom, in one place.
 
-    problems -> sample groups -> rewards -> (dynamic sampling) -> the estimator's extra rollouts
-    -> collate -> reference log-probs -> prepare -> assign -> update -> metrics
+    problems -> sample groups (answers or multi-turn episodes) -> rewards -> (dynamic sampling)
+    -> the estimator's extra rollouts -> collate -> reference log-probs -> prepare -> assign
+    (environment tokens masked) -> update -> metrics
 
 ``PolicyModule.training_step`` hands :meth:`RLStep.run` the problems the data module drew for
 this step and logs what comes back; no other Lightning hook takes part in it (the rollout
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from ibpo_lightning.diagnostics import group_gradient_noise
 from ibpo_lightning.tasks.base import Problem
 from ibpo_lightning.training import PolicyUpdate, Scorer, batch_metrics
+from ibpo_lightning.training.metrics import episode_metrics
 from ibpo_lightning.types import RolloutBatch
 from ibpo_lightning.wiring import RunParts
 
@@ -88,6 +90,7 @@ class RLStep:
             estimator.plan(batch, sampler, task)
         batch.stats.update({f"tokens/{kind}": float(n) for kind, n in sampler.tokens_by_kind.items()})
         batch.stats["generate/prompt_tokens"] = float(sampler.prompt_tokens)
+        batch.stats.update(episode_metrics(sampler.episode_counts))
         batch.collate(sampler.tokenizer.pad_token_id).to(device)
         with _timed(batch.stats, "time/logprobs"):
             if self.needs_reference:  # KL in the loss or in the estimator's reward: computed once
@@ -95,6 +98,7 @@ class RLStep:
         with _timed(batch.stats, "time/estimator"):
             estimator.prepare(batch, self.scorer)
             batch.advantages, batch.loss_weights = estimator.assign(batch)
+            batch.loss_weights = batch.model_tokens_only(batch.loss_weights)  # environment tokens: context only
         noise = self._gradient_noise(batch, version)
         metrics = batch_metrics(batch)
         for key, value in self.update.run(batch, opt, sched, lag).items():

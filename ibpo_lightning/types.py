@@ -61,12 +61,27 @@ class Trajectory:
     """False for rows used only for values or comparison (probes, revisions)."""
     step_boundaries: tuple[int, ...] = ()
     """Response-token offsets where reasoning steps end."""
+    env_spans: tuple[tuple[int, int], ...] = ()
+    """[start, end) response-token ranges an environment wrote (multi-turn episodes): no loss."""
+    turn_ends: tuple[int, ...] = ()
+    """Response-token offset after each model turn of a multi-turn episode (empty: single-turn)."""
+    answer_text: str | None = None
+    """The text the reward reads: a multi-turn episode's last model turn (None: ``response_text``)."""
 
     @classmethod
     def from_sample(cls, prompt_ids: list[int], prompt_text: str, sample, **fields) -> "Trajectory":
-        """A row holding a rollout engine ``Sample`` answering ``prompt_ids``; ``fields`` set the rest."""
+        """A row holding a rollout engine ``Sample`` (or a multi-turn ``EpisodeSample``) answering
+        ``prompt_ids``; ``fields`` set the rest."""
+        if hasattr(sample, "env_spans"):
+            fields = {"env_spans": sample.env_spans, "turn_ends": sample.turn_ends,
+                      "answer_text": sample.answer_text, **fields}
         return cls(prompt_ids=prompt_ids, response_ids=sample.token_ids, logprobs=sample.logprobs,
                    prompt_text=prompt_text, response_text=sample.text, finished=sample.finished, **fields)
+
+    @property
+    def scored_text(self) -> str:
+        """What the task's reward reads (see ``answer_text``)."""
+        return self.response_text if self.answer_text is None else self.answer_text
 
 
 @dataclass
@@ -93,13 +108,14 @@ class RolloutBatch:
 
     input_ids: torch.Tensor | None = None  # [N, L] prompt + response, right-padded
     attention_mask: torch.Tensor | None = None  # [N, L]
-    response_mask: torch.Tensor | None = None  # [N, L] 1 on response tokens the loss may see
+    response_mask: torch.Tensor | None = None  # [N, L] 1 on response tokens the loss may see (model-written)
     engine_logprobs: torch.Tensor | None = None  # [N, L] sampling log-prob of the token at t
     rewards: torch.Tensor | None = None  # [N]
     group_ids: torch.Tensor | None = None  # [N]
     advantages: torch.Tensor | None = None  # [N, L] set by the estimator's assign hook
     loss_weights: torch.Tensor | None = None  # [N, L] set by the estimator's assign hook
     ref_logprobs: torch.Tensor | None = None  # [N, L] frozen reference's log-probs, when something needs them
+    env_mask: torch.Tensor | None = None  # [N, L] True on tokens an environment wrote; None: no such token
 
     def __len__(self) -> int:
         return len(self.trajectories)
@@ -110,7 +126,7 @@ class RolloutBatch:
     def add_scored(self, rows: list[Trajectory], task) -> list[float]:
         """Score ``rows`` with ``task`` against their groups' answers, set their rewards and
         append them; returns the rewards."""
-        rewards = [float(r) for r in task.score([t.response_text for t in rows],
+        rewards = [float(r) for r in task.score([t.scored_text for t in rows],
                                                 [self.answers[t.group] for t in rows])] if rows else []
         for t, r in zip(rows, rewards):
             t.reward = r
@@ -141,10 +157,22 @@ class RolloutBatch:
             resp[i, p + t.prefix_len : p + r] = 1.0
             if r:
                 old[i, p : p + r] = torch.tensor(t.logprobs, dtype=torch.float32)
+        self.env_mask = None
+        if any(t.env_spans for t in trajs):  # environment tokens: context, never loss
+            self.env_mask = torch.zeros((n, width), dtype=torch.bool)
+            for i, t in enumerate(trajs):
+                p = len(t.prompt_ids)
+                for a, b in t.env_spans:
+                    self.env_mask[i, p + a : p + b] = True
+            resp[self.env_mask] = 0.0
         self.input_ids, self.attention_mask, self.response_mask, self.engine_logprobs = ids, attn, resp, old
         self.rewards = torch.tensor([t.reward for t in trajs], dtype=torch.float32)
         self.group_ids = torch.tensor([t.group for t in trajs], dtype=torch.long)
         return self
+
+    def model_tokens_only(self, weights: torch.Tensor) -> torch.Tensor:
+        """``weights`` [N, L] with every token an environment wrote set to 0 (no-op single-turn)."""
+        return weights if self.env_mask is None else weights.masked_fill(self.env_mask, 0.0)
 
     def groups_of(self, rows: list[int]) -> list[list[int]]:
         """``rows`` bucketed by group, in order of first appearance."""
@@ -189,7 +217,7 @@ class RolloutBatch:
     def to(self, device: torch.device | str) -> "RolloutBatch":
         """Move tensors in place; Lightning calls this instead of copying the dataclass."""
         for name in ("input_ids", "attention_mask", "response_mask", "engine_logprobs", "rewards",
-                     "group_ids", "advantages", "loss_weights", "ref_logprobs"):
+                     "group_ids", "advantages", "loss_weights", "ref_logprobs", "env_mask"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value.to(device))

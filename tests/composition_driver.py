@@ -54,6 +54,7 @@ def main() -> None:
                        estimator_metrics={k: float(v) for k, v in metrics.items() if k.startswith(own)},
                        dynamic={k: float(v) for k, v in metrics.items() if k.startswith("dynamic/")},
                        credit={k: float(v) for k, v in metrics.items() if k.startswith("credit/")},
+                       episode={k: float(v) for k, v in metrics.items() if k.startswith(("episode/", "tokens/"))},
                        reference=cli.model.reference is not None, world=cli.trainer.world_size,
                        train_problems=len(cli.datamodule.train_problems),
                        strategy=type(cli.trainer.strategy).__name__,

@@ -203,3 +203,30 @@ class WeightMotion(Callback):
     @property
     def moved(self) -> bool:
         return self.before is not None and self.after is not None and self.before != self.after
+
+
+class ScriptedToolEngine(HFEngine):
+    """The HF engine answering by script in the calculator's format: in a new episode, sample j of a
+    prompt calls the calculator on ``<prompt sum % 50> + <j>`` when j is even and answers
+    ``Answer: <j>`` when odd; after reading a result it answers ``Answer: <result>``. Depends only on
+    the context, so every strategy trains on identical episodes."""
+
+    def generate(self, prompts, n, *, max_new_tokens, temperature, top_p=1.0, seed=None):
+        budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
+        out = []
+        for prompt, budget in zip(prompts, budgets):
+            context = self.tokenizer.decode(prompt)
+            group = []
+            for j in range(n):
+                if "<|im_start|>tool" in context:
+                    text = "Answer: " + context.rsplit("<|im_start|>tool\n", 1)[1].split("<|im_end|>")[0]
+                elif j % 2 == 0:
+                    expression = f"{sum(prompt) % 50} + {j}"
+                    text = '<tool_call>{"name": "calculator", "arguments": {"expression": "%s"}}</tool_call>' % expression
+                else:
+                    text = f"Answer: {j}"
+                ids = self.tokenizer.encode(text, add_special_tokens=False) + [self.tokenizer.eos_token_id]
+                group.append(Sample(token_ids=ids[:budget], logprobs=[-1.0] * len(ids[:budget]), text=text,
+                                    finished=len(ids) <= budget))
+            out.append(group)
+        return out

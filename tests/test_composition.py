@@ -140,3 +140,19 @@ def test_long_prompts_dropped_alike_on_every_rank_under_fsdp2(tmp_path):
                      "--data.task.system_prompt=null", "--data.task.reward=ibpo_lightning.rewards.NumberReward",
                      "--data.drop_long_prompts=true")
     assert [row["train_problems"] for row in rows] == [9, 9]  # 12 rows, 2 held out, the long one dropped
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_multi_turn_calculator_episodes_train_under(strategy, tmp_path):
+    """Multi-turn episodes with the calculator on 2 processes: the scripted engine calls the tool in
+    half the episodes and answers with its result, every rank trains on model tokens only (the
+    environment's tokens are masked in the step) and the weights move."""
+    rows = _one_step(strategy, tmp_path, 80, "grpo", "-c", "configs/environments/calculator.yaml",
+                     "--rollout.engine=tests.helpers.ScriptedToolEngine",
+                     "--data.task=tests.helpers.ParityTask", "--data.task.num_train=64")
+    for row in rows:
+        episode = row["episode"]
+        assert episode["episode/turns"] == 1.5 and episode["episode/tool_calls"] == 0.5  # half call once
+        assert episode["episode/malformed_share"] == 0.0 and episode["tokens/observation"] > 0
+        assert row["adv_abs_mean"] > 0 and row["moved"]

@@ -33,6 +33,9 @@ class ScriptedSampler:
         self.kinds.append(kind)
         return [[Sample([p[0], j], [-1.0, -1.0], f"{p[0]} {j}", True) for j in range(n)] for p in prompts]
 
+    def answer(self, problems, prompts, n, kind="fresh", **kw):  # single-turn: one generate call
+        return self.generate(prompts, n, kind=kind, **kw)
+
 
 class ScriptedTask:
     """The answer says how a problem's samples score: 'mixed' alternates 1, 0; 'solved' 1; 'hard' 0."""

@@ -91,6 +91,9 @@ class ScriptedRollout:
         self.calls.append((n, temperature, max_new_tokens, kind))
         return [[Sample([1], [0.0], self.answers[i], True) for i in range(n)] for _ in prompts]
 
+    def answer(self, problems, prompts, n, **kw):  # single-turn: one generate call
+        return self.generate(prompts, n, **kw)
+
 
 def test_eval_suite_computes_and_tabulates(tmp_path):
     path = tmp_path / "b.jsonl"

@@ -108,6 +108,8 @@ SETTINGS = {
     "ibpo-correct_first": IBPO + ["--estimator.init_args.ref_policy", "correct_first"],
     "ibpo-random": IBPO + ["--estimator.init_args.ref_policy", "random"],
     "rrpo": ["-c", "configs/estimators/rrpo.yaml"],
+    "grpo-calculator_episodes": GRPO + ["-c", "configs/environments/calculator.yaml",
+                                        "--rollout.engine", "tests.helpers.ScriptedToolEngine"],
     "dapo-dynamic_sampling": ["-c", "configs/estimators/dapo.yaml"],
     "ibpo-dynamic_sampling-ddp": IBPO + ["--rollout.dynamic_sampling.max_rounds", "4"] + DDP,
     "grpo-fsdp2": GRPO + FSDP2,

@@ -274,3 +274,37 @@ def test_bf16_engine_samples_what_the_bf16_trainer_scores(smollm):
     diff = torch.cat(diffs)
     print(f"bf16 engine vs bf16 trainer: mean {float(diff.mean()):.4f}, max {float(diff.max()):.4f}")
     assert float(diff.mean()) < 0.1 and float(diff.quantile(0.99)) < 1.0, (float(diff.mean()), float(diff.max()))
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_greedy_multi_turn_episodes_equal_the_hf_engine(smollm):
+    """Greedy episodes of three turns (an environment that answers every turn with 'Continue.'):
+    vLLM, continuing every live episode from its whole context with the tokens each has left, writes
+    the same episodes as the HF engine; budgets given per prompt hold in both."""
+    from ibpo_lightning.environments import Environment, Feedback
+    from ibpo_lightning.rollout import Sampler
+    from ibpo_lightning.tasks import Problem
+
+    class Continue(Environment):
+        def step(self, turn):
+            return Feedback("Continue.")
+
+    model, tok, hf, engine = smollm
+    problems = [Problem(q, "") for q in QUESTIONS]
+    episodes = []
+    for eng in (hf, engine):
+        sampler = Sampler(eng, group_size=1, max_new_tokens=160, temperature=0.0, top_p=1.0, seed=0,
+                          environment=Continue(max_turns=3))
+        sampler.tokenizer, sampler.context_length = tok, 512
+        prompts = [sampler.encode(p.prompt) for p in problems]
+        episodes.append([group[0] for group in sampler.answer(problems, prompts, 1, temperature=0.0)])
+    for a, b in zip(*episodes):
+        assert a.token_ids == b.token_ids and a.env_spans == b.env_spans and a.turn_ends == b.turn_ends
+    assert sum(len(e.turn_ends) for e in episodes[0]) > len(QUESTIONS), "no episode went past its first turn"
+    prompts = [chat(tok, q) for q in QUESTIONS[:2]]
+    for eng in (hf, engine):
+        got = eng.generate(prompts, 2, max_new_tokens=[3, 7], temperature=1.0, seed=1)
+        for group, budget in zip(got, (3, 7)):  # a sample cut short has exactly its prompt's budget
+            assert all(len(s.token_ids) == budget if not s.finished else len(s.token_ids) <= budget for s in group)
+        assert any(not s.finished for s in got[0])

@@ -84,6 +84,8 @@ class IBPO(Estimator):
         seed: seed of reference choice and capping (with each step's own seed, ``Estimator.generator``).
     """
 
+    multi_turn = False  # its extra rollouts continue one turn
+
     name = "ibpo"
     REVISION_WEIGHTS = "ibpo/revision_weights"
     """``batch.notes`` key: w_t of each rerooted row (row -> [response length]), set by ``prepare``."""

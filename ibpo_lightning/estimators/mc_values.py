@@ -52,6 +52,8 @@ class VinePPO(Estimator):
         share_probes: samples of a group with equal prefixes share the probes of that state.
     """
 
+    multi_turn = False  # its extra rollouts continue one turn
+
     name = "vineppo"
 
     def __init__(self, n_probes: int = 9, delimiter: str = "\n", segment_tokens: int | None = None,

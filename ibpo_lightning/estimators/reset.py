@@ -47,6 +47,8 @@ class ResetEstimator(Estimator):
         seed: seed of the random choices (RRPO's reset point, SRPO's fallback).
     """
 
+    multi_turn = False  # its extra rollouts continue one turn
+
 
     def __init__(self, n_resets: int = 4, delimiter: str = "</thought>", train_parent: bool = False,
                  reset_temperature: float | None = None, correct_threshold: float = 1.0,

@@ -28,11 +28,12 @@ def sample_correctness(sampler, task: Task, problems: Sequence[Problem], samples
     """``[problems, samples]`` correctness of ``samples`` answers to each problem.
 
     ``sampler`` is the run's :class:`~ibpo_lightning.rollout.sampler.Sampler`; temperature 0 is greedy.
+    With a ``rollout.environment`` each answer is a multi-turn episode, scored on its last turn.
     """
     prompts = [sampler.encode(p.prompt, task.system_prompt) for p in problems]
-    groups = sampler.generate(prompts, samples, temperature=temperature,
-                              max_new_tokens=max_new_tokens, kind=GenerationKind.VALIDATION)
-    completions = [s.text for group in groups for s in group]
+    groups = sampler.answer(problems, prompts, samples, temperature=temperature,
+                            max_new_tokens=max_new_tokens, kind=GenerationKind.VALIDATION)
+    completions = [getattr(s, "answer_text", s.text) for group in groups for s in group]  # an episode: its last turn
     answers = [p.answer for p in problems for _ in range(samples)]
     right = correctness(task, completions, answers)
     return torch.tensor(right, dtype=torch.float32).view(len(problems), samples)

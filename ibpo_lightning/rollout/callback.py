@@ -10,6 +10,7 @@ import time
 
 from lightning.pytorch import Callback
 
+from ibpo_lightning.environments.base import Environment
 from ibpo_lightning.models.lora import rollout_weights
 from ibpo_lightning.precision import compute_dtype
 from ibpo_lightning.rollout.dynamic import DynamicSampling
@@ -35,6 +36,9 @@ class RolloutCallback(Callback):
         dynamic_sampling: drop groups whose samples all got the same reward and refill them from
             fresh prompts (DAPO's dynamic sampling, for every estimator; see
             ``rollout/dynamic.py``); None: off.
+        environment: answer in multi-turn episodes with this environment (tools the model calls
+            between its turns, ``ibpo_lightning.environments``); ``max_new_tokens`` is then the
+            budget of a whole episode, model and environment tokens together. None: single-turn.
     """
 
     def __init__(
@@ -47,6 +51,7 @@ class RolloutCallback(Callback):
         sync_every: int = 1,
         seed: int | None = 0,
         dynamic_sampling: DynamicSampling | None = None,
+        environment: Environment | None = None,
     ) -> None:
         for name, value in (("group_size", group_size), ("max_new_tokens", max_new_tokens), ("sync_every", sync_every)):
             if value < 1:
@@ -57,7 +62,7 @@ class RolloutCallback(Callback):
             raise ValueError(f"rollout.top_p must be in (0, 1], got {top_p}")
         self.sync_every, self.dynamic_sampling = sync_every, dynamic_sampling
         self.sampler = Sampler(engine if engine is not None else default_engine(), group_size, max_new_tokens,
-                               temperature, top_p, seed)
+                               temperature, top_p, seed, environment=environment)
 
     @property
     def engine(self) -> RolloutEngine:

@@ -75,7 +75,7 @@ def varied_groups(batch: RolloutBatch) -> list[int]:
 def add_groups(batch: RolloutBatch, problems: list[Problem], sampler, task: Task) -> None:
     """Sample and score one fresh group per problem and append them as new groups."""
     prompts = [sampler.encode(p.prompt, task.system_prompt) for p in problems]
-    groups = sampler.generate(prompts, sampler.group_size, kind=GenerationKind.RESAMPLE)
+    groups = sampler.answer(problems, prompts, sampler.group_size, kind=GenerationKind.RESAMPLE)
     rows = []
     for p, prompt, samples in zip(problems, prompts, groups):
         rows += [Trajectory.from_sample(prompt, p.prompt, s, group=len(batch.problems)) for s in samples]

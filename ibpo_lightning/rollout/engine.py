@@ -47,12 +47,13 @@ class RolloutEngine(ABC):
         prompts: list[list[int]],
         n: int,
         *,
-        max_new_tokens: int,
+        max_new_tokens: int | list[int],
         temperature: float,
         top_p: float = 1.0,
         seed: int | None = None,
     ) -> list[list[Sample]]:
-        """``n`` samples for each token prompt; temperature 0 means greedy.
+        """``n`` samples for each token prompt; temperature 0 means greedy. ``max_new_tokens`` is
+        one budget for every prompt or one per prompt (multi-turn episodes: the tokens each has left).
 
         With a ``seed`` the call is reproducible: the same seed, prompts, weights and cache state
         (see ``reset_cache``) give the same samples (how a resumed run repeats the uninterrupted

@@ -68,18 +68,20 @@ class HFEngine(RolloutEngine):
         if seed is not None:
             generator = torch.Generator(device).manual_seed(seed)
         half = torch.autocast(device.type, self.autocast or torch.bfloat16, enabled=self.autocast is not None)
+        limits = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
         try:
             out: list[list[Sample]] = []
             with half:
                 for start in range(0, len(prompts), self.batch_size):
                     chunk = prompts[start : start + self.batch_size]
-                    rows = self._sample(chunk, n, max_new_tokens, temperature, top_p, generator)
+                    rows = self._sample(chunk, n, limits[start : start + self.batch_size], temperature, top_p, generator)
                     out.extend(rows[i * n : (i + 1) * n] for i in range(len(chunk)))
             return out
         finally:
             self.model.train(was_training)
 
-    def _sample(self, prompts, n, max_new_tokens, temperature, top_p, generator=None) -> list[Sample]:
+    def _sample(self, prompts, n, limits, temperature, top_p, generator=None) -> list[Sample]:
+        """``n`` samples of each prompt, the ones of prompt ``i`` at most ``limits[i]`` tokens long."""
         tok, device = self.tokenizer, next(self.model.parameters()).device
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), tok.pad_token_id, dtype=torch.long)
@@ -101,19 +103,17 @@ class HFEngine(RolloutEngine):
         logps = [[] for _ in range(total)]
         active = torch.arange(total, device=device)  # original row of each live cache row
         finished = [False] * total
-        for _ in range(max_new_tokens):
+        limit = [limits[row // n] for row in range(total)]
+        for _ in range(max(limits)):
             chosen, chosen_logp = _pick(logits, temperature, top_p, generator)
             done = []
             for row, token, lp in zip(active.tolist(), chosen.tolist(), chosen_logp.tolist()):
                 tokens[row].append(token)
                 logps[row].append(lp)
-                if token == tok.eos_token_id:
-                    finished[row] = True
-                    done.append(True)
-                else:
-                    done.append(False)
+                finished[row] = token == tok.eos_token_id
+                done.append(finished[row] or len(tokens[row]) >= limit[row])
             keep = ~torch.tensor(done, device=device)
-            if not keep.any() or len(tokens[int(active[0])]) == max_new_tokens:
+            if not keep.any():
                 break
             if not keep.all():  # drop finished rows from the cache
                 cache.batch_select_indices(keep.nonzero().squeeze(-1))

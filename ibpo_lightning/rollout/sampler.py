@@ -13,7 +13,9 @@ import hashlib
 import time
 from collections.abc import Sequence
 
+from ibpo_lightning.environments.base import Environment
 from ibpo_lightning.rollout.engine import RolloutEngine, Sample
+from ibpo_lightning.rollout.episodes import TurnFormat, run_episodes
 from ibpo_lightning.types import GenerationKind, RolloutBatch, Trajectory
 
 
@@ -35,7 +37,7 @@ class Sampler:
     """
 
     def __init__(self, engine: RolloutEngine, group_size: int, max_new_tokens: int, temperature: float,
-                 top_p: float, seed: int | None, rank: int = 0) -> None:
+                 top_p: float, seed: int | None, rank: int = 0, environment: Environment | None = None) -> None:
         self.engine, self.group_size, self.max_new_tokens = engine, group_size, max_new_tokens
         self.temperature, self.top_p, self.seed, self.rank = temperature, top_p, seed, rank
         self.tokenizer = None
@@ -45,7 +47,12 @@ class Sampler:
         self.tokens_by_kind: dict[str, int] = {}
         self.prompt_tokens = 0
         """Prompt tokens handed to the engine this step (each of a call's prompts once)."""
+        self.episode_counts: dict[str, int] = {}
+        """This step's multi-turn episodes: ``episodes``, ``turns``, ``tool_calls``, ``malformed_calls``
+        and ``observation_tokens`` (tokens environments wrote), summed."""
         self.calls = 0
+        self.environment: Environment | None = environment
+        self._turn_formats: dict[str, TurnFormat] = {}
 
     @property
     def scoring_temperature(self) -> float:
@@ -73,14 +80,16 @@ class Sampler:
         return encode_chat(self.tokenizer, user_text, system_prompt)
 
     def generate(self, prompts: list[list[int]], n: int, *, temperature: float | None = None,
-                 max_new_tokens: int | None = None, kind: str = GenerationKind.FRESH) -> list[list[Sample]]:
-        """``n`` samples per token prompt, counted under ``kind`` for compute accounting."""
+                 max_new_tokens: int | list[int] | None = None, kind: str = GenerationKind.FRESH) -> list[list[Sample]]:
+        """``n`` samples per token prompt, counted under ``kind`` for compute accounting;
+        ``max_new_tokens`` is one budget or one per prompt."""
         budget = max_new_tokens or self.max_new_tokens
         if self.context_length is not None:
-            longest = max((len(p) for p in prompts), default=0)
-            if longest + budget > self.context_length:
-                raise ValueError(f"a {kind} prompt of {longest} tokens plus rollout.max_new_tokens={budget} exceeds "
-                                 f"the model's context of {self.context_length} positions")
+            budgets = budget if isinstance(budget, list) else [budget] * len(prompts)
+            longest, most = max(((len(p) + b, b) for p, b in zip(prompts, budgets)), default=(0, 0))
+            if longest > self.context_length:
+                raise ValueError(f"a {kind} prompt of {longest - most} tokens plus rollout.max_new_tokens={most} "
+                                 f"exceeds the model's context of {self.context_length} positions")
         out = self.engine.generate(prompts, n, max_new_tokens=budget,
                                    temperature=self.temperature if temperature is None else temperature,
                                    top_p=self.top_p, seed=self._call_seed(kind))
@@ -88,6 +97,21 @@ class Sampler:
         produced = sum(len(s.token_ids) for group in out for s in group)
         self.tokens_by_kind[kind] = self.tokens_by_kind.get(kind, 0) + produced
         return out
+
+    def answer(self, problems: Sequence, prompts: list[list[int]], n: int, *, temperature: float | None = None,
+               max_new_tokens: int | None = None, kind: str = GenerationKind.FRESH) -> list[list[Sample]]:
+        """``n`` answers to each problem from its token prompt: one generate call, or with an
+        environment ``n`` multi-turn episodes each (``EpisodeSample``)."""
+        if self.environment is None:
+            return self.generate(prompts, n, temperature=temperature, max_new_tokens=max_new_tokens, kind=kind)
+        return run_episodes(self, self.environment, problems, prompts, n, temperature=temperature,
+                            max_new_tokens=max_new_tokens, kind=kind)
+
+    def turn_format(self, role: str) -> TurnFormat:
+        """How observations of ``role`` are rendered between turns (read off the chat template once)."""
+        if role not in self._turn_formats:
+            self._turn_formats[role] = TurnFormat(self.tokenizer, role)
+        return self._turn_formats[role]
 
     def continue_prefixes(self, prompts: list[list[int]], prefixes: list[list[int]], n: int, *, kind: str,
                           temperature: float | None = None) -> list[list[Sample]]:
@@ -128,10 +152,10 @@ class Sampler:
         prompt cache, so what a step samples depends on the weights and the step only.
         """
         start = time.perf_counter()
-        self.tokens_by_kind, self.prompt_tokens, self.calls = {}, 0, 0
+        self.tokens_by_kind, self.prompt_tokens, self.episode_counts, self.calls = {}, 0, {}, 0
         self.engine.reset_cache()
         prompts = [self.encode(p.prompt, system_prompt) for p in problems]
-        groups = self.generate(prompts, self.group_size)
+        groups = self.answer(problems, prompts, self.group_size)
         trajs = [Trajectory.from_sample(prompt, p.prompt, s, group=g)
                  for g, (p, prompt, group) in enumerate(zip(problems, prompts, groups)) for s in group]
         batch = RolloutBatch(trajs, policy_version=self.engine_version, seed=self._seed_of("estimator"),

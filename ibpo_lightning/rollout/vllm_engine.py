@@ -156,15 +156,17 @@ class VLLMEngine(RolloutEngine):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        for i, p in enumerate(prompts):
-            if len(p) + max_new_tokens > self.max_model_len:
+        limits = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
+        for i, (p, limit) in enumerate(zip(prompts, limits)):
+            if len(p) + limit > self.max_model_len:
                 raise ValueError(
-                    f"prompt {i} has {len(p)} tokens; with max_new_tokens={max_new_tokens} it exceeds "
+                    f"prompt {i} has {len(p)} tokens; with max_new_tokens={limit} it exceeds "
                     f"engine.max_model_len={self.max_model_len} (raise it or shorten the prompt)"
                 )
-        params = SamplingParams(n=n, temperature=max(temperature, 0.0), top_p=top_p if temperature > 0 else 1.0,
-                                max_tokens=max_new_tokens, logprobs=0, detokenize=False,
-                                stop_token_ids=[self.tokenizer.eos_token_id])
+        by_limit = {limit: SamplingParams(n=n, temperature=max(temperature, 0.0), top_p=top_p if temperature > 0 else 1.0,
+                                          max_tokens=limit, logprobs=0, detokenize=False,
+                                          stop_token_ids=[self.tokenizer.eos_token_id]) for limit in set(limits)}
+        params = by_limit[limits[0]] if len(by_limit) == 1 else [by_limit[limit] for limit in limits]
         self._wake("kv_cache")
         threads = torch.get_num_threads()
         if self.generation_threads:

@@ -8,13 +8,13 @@ from ibpo_lightning.types import Kind, RolloutBatch
 
 
 def batch_metrics(batch: RolloutBatch) -> dict[str, float]:
-    """Reward, accuracy and length of the fresh samples; the share of groups whose samples all got
+    """Reward, accuracy and length (model-written tokens) of the fresh samples; the share of groups whose samples all got
     one reward (of the groups drawn, under dynamic sampling, which drops them); statistics of the
     advantages on the tokens that carry loss weight; and the batch's own diagnostics
     (``batch.stats``)."""
     fresh = batch.rows(lambda t: t.kind == Kind.FRESH)
     rewards = batch.rewards[fresh]
-    lengths = torch.tensor([len(batch.trajectories[i].response_ids) for i in fresh], dtype=torch.float32)
+    lengths = torch.tensor([_model_tokens(batch.trajectories[i]) for i in fresh], dtype=torch.float32)
     mask = batch.loss_weights > 0
     adv = batch.advantages[mask] if mask.any() else torch.zeros(1)
     metrics = {
@@ -48,3 +48,19 @@ def _zero_variance_share(batch: RolloutBatch) -> float:
 def _mean(values: list[float]) -> float:
     """Their mean; 0 for none (a metric must have a value on every rank and step)."""
     return sum(values) / len(values) if values else 0.0
+
+
+def _model_tokens(t) -> int:
+    """Response tokens the model wrote (an episode's environment tokens left out)."""
+    return len(t.response_ids) - sum(b - a for a, b in t.env_spans)
+
+
+def episode_metrics(counts: dict[str, int]) -> dict[str, float]:
+    """``episode/*`` of a step's multi-turn episodes (``Sampler.episode_counts``); none without."""
+    episodes = counts.get("episodes", 0)
+    if not episodes:
+        return {}
+    calls = counts["tool_calls"]
+    return {"episode/turns": counts["turns"] / episodes, "episode/tool_calls": calls / episodes,
+            "episode/malformed_share": counts["malformed_calls"] / calls if calls else 0.0,
+            "tokens/observation": float(counts["observation_tokens"])}
