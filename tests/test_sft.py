@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -88,6 +89,28 @@ def test_prompt_and_padding_tokens_carry_no_loss(tokenizer):
     assert float(summed.detach()) == pytest.approx(want, rel=1e-5)  # with prompt tokens it would be larger
 
 
+def test_a_solution_with_tool_calls_is_replayed_as_an_episode(tokenizer):
+    from ibpo_lightning.environments import Calculator
+    from ibpo_lightning.rollout.episodes import TurnFormat
+    from ibpo_lightning.sft.data import encode_episode
+
+    problem = ChainTask(num_steps=2, num_train=1, num_heldout=1, solution_format="calculator").train_problems()[0]
+    turns = TurnFormat(tokenizer, "tool")
+    e = encode_episode(tokenizer, problem, "sys", Calculator(), turns)
+    assert e.prompt_ids == encode_chat(tokenizer, problem.prompt, "sys")
+    tools = [tokenizer.decode(e.response_ids[a:b]) for a, b in e.env_spans]  # the calculator's own answers
+    assert tools == [f"\n<|im_start|>tool\n{v}<|im_end|>\n<|im_start|>assistant\n" for v in
+                     re.findall(r"= (-?\d+)", problem.solution)]
+    _, _, mask = collate([e], tokenizer.pad_token_id)
+    target = [t for t, m in zip(e.prompt_ids + e.response_ids, mask[0].tolist()) if m]
+    assert tokenizer.decode(target) == problem.solution.replace("</tool_call>", "</tool_call><|im_end|>") + "<|im_end|>"
+    assert e.target_tokens == len(target) == int(mask.sum())
+    with pytest.raises(ValueError, match="has 3 turns, but its episode ends at turn 2"):
+        encode_episode(tokenizer, problem, "sys", Calculator(max_turns=2), turns)
+    with pytest.raises(ValueError, match="its last turn still calls a tool"):
+        encode_episode(tokenizer, Problem(problem.prompt, "1", "Answer: 1 <tool_call>{"), "sys", Calculator(), turns)
+
+
 def test_micro_batches_respect_the_token_budget(tokenizer):
     task = ChainTask(num_steps=[1, 4], num_train=30, num_heldout=1)
     examples = [encode_example(tokenizer, p, task.system_prompt) for p in task.sft_problems()]
@@ -146,6 +169,28 @@ def test_sft_validate_subcommand(sft_run):
     cli = run_sft_cli(["validate", "-c", str(ROOT / "configs/sft_tiny.yaml"), f"--model.model={sft_run}/export",
                        f"--trainer.default_root_dir={sft_run}/validate", "--trainer.logger=false", *QUIET])
     assert 0.0 <= float(cli.trainer.callback_metrics["val/accuracy"]) <= 1.0
+
+
+CALCULATOR = ["-c", str(ROOT / "configs/environments/calculator.yaml"), "--data.task.init_args.solution_format=calculator",
+              "--rollout.max_new_tokens=48"]
+
+
+@pytest.mark.slow
+def test_sft_with_the_calculator_under_fsdp2_matches_one_process(tmp_path):
+    """Worked chains written through the calculator, replayed as episodes (the tool's tokens without
+    loss): the loss falls on one process, and FSDP2 on 2 processes gives the same losses."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    main(["sft", *_sft_args(one, *CALCULATOR, "--trainer.num_sanity_val_steps=0")])
+    losses = _losses(one)
+    assert len(losses) == 8 and sum(losses[-2:]) / 2 < losses[0] - 1.0, losses
+    command = [sys.executable, "-m", "ibpo_lightning.cli", "sft",
+               *_sft_args(two, *CALCULATOR, "--data.batch_size=4", "--trainer.num_sanity_val_steps=0",
+                          "--trainer.limit_val_batches=0", "--trainer.devices=2",
+                          "--trainer.strategy=lightning.pytorch.strategies.ModelParallelStrategy",
+                          "--trainer.strategy.data_parallel_size=2", "--trainer.strategy.tensor_parallel_size=1")]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert _losses(two) == pytest.approx(losses, rel=1e-4)
 
 
 @pytest.mark.slow

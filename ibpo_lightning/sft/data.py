@@ -4,7 +4,9 @@ The prompt is encoded exactly as the RL path encodes it (``rollout.sampler.encod
 task's system prompt, the user message, the chat template's generation prompt), so a model
 fine-tuned here sees the prompts RL will show it. The response is what the chat template puts
 after that prompt for an assistant message holding the solution, up to and including the end of
-turn token (``<|im_end|>`` in ChatML), so the model also learns to stop.
+turn token (``<|im_end|>`` in ChatML), so the model also learns to stop. With a
+``rollout.environment``, a solution written with tool calls is replayed through the environment
+(``encode_episode``): the model learns its turns, never the tools' answers.
 """
 
 from __future__ import annotations
@@ -17,19 +19,28 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ibpo_lightning.data.lengths import CheckedEvaluation, Fits
+from ibpo_lightning.environments.base import Environment
+from ibpo_lightning.rollout.episodes import TurnFormat
 from ibpo_lightning.rollout.sampler import encode_chat
 from ibpo_lightning.tasks.base import Problem, Task
 
 
 @dataclass(frozen=True)
 class Example:
-    """One tokenized (prompt, solution) pair; only ``response_ids`` carry loss."""
+    """One tokenized (prompt, solution) pair; only ``response_ids`` carry loss, outside ``env_spans``."""
 
     prompt_ids: list[int]
     response_ids: list[int]
+    env_spans: tuple[tuple[int, int], ...] = ()
+    """[start, end) response-token ranges an environment wrote (a multi-turn solution): no loss."""
 
     def __len__(self) -> int:
         return len(self.prompt_ids) + len(self.response_ids)
+
+    @property
+    def target_tokens(self) -> int:
+        """Response tokens that carry loss."""
+        return len(self.response_ids) - sum(b - a for a, b in self.env_spans)
 
 
 def _ids(encoded) -> list[int]:
@@ -59,6 +70,41 @@ def encode_example(tokenizer, problem: Problem, system_prompt: str | None) -> Ex
     return Example(prompt, response)
 
 
+def encode_episode(tokenizer, problem: Problem, system_prompt: str | None, environment: Environment,
+                   turns: TurnFormat) -> Example:
+    """A worked solution written with tool calls, replayed as the episode RL would sample.
+
+    The solution's turns end after each ``</tool_call>`` (the model stops to read the result); each
+    turn is its own tokens and the end-of-sequence token, as the engines sample it, and the
+    environment's answer to it is rendered between turns by the chat template (``TurnFormat``),
+    without loss. The last turn must end the episode (no call), within the environment's turns.
+    """
+    if not problem.solution:
+        raise ValueError(f"problem without a worked solution: {problem.prompt[:80]!r}")
+    parts = problem.solution.split("</tool_call>")
+    texts = [part + "</tool_call>" for part in parts[:-1]] + [parts[-1]]
+    env = environment.spawn()
+    env.reset(problem)
+    ids: list[int] = []
+    spans: list[tuple[int, int]] = []
+    for k, text in enumerate(texts):
+        ids += _ids(tokenizer(text, add_special_tokens=False)) + [tokenizer.eos_token_id]
+        feedback = env.step(text) if k + 1 < environment.max_turns else None
+        done, last = feedback is None or feedback.done, k + 1 == len(texts)
+        if done != last:
+            said = f"the worked solution of {problem.origin or repr(problem.prompt[:80])}"
+            raise ValueError(f"{said} has {len(texts)} turns, but its episode ends at turn {k + 1} (environment "
+                             f"max_turns={environment.max_turns}): every turn but the last must call a tool" if done
+                             else f"{said}: its last turn still calls a tool; the last turn must answer without one")
+        if done:
+            break
+        observation = turns.ids(feedback.observation, turn_ended_on_eos=True)
+        spans.append((len(ids), len(ids) + len(observation)))
+        ids += observation
+    env.close()
+    return Example(encode_chat(tokenizer, problem.prompt, system_prompt), ids, tuple(spans))
+
+
 def collate(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded ``input_ids``, ``attention_mask`` and ``loss_mask`` (1 on response tokens only)."""
     width = max(len(e) for e in examples)
@@ -70,6 +116,8 @@ def collate(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.T
         ids[r, :n] = torch.tensor(e.prompt_ids + e.response_ids)
         attn[r, :n] = 1
         loss_mask[r, p:n] = 1.0
+        for a, b in e.env_spans:  # what the environment wrote is context, not a target
+            loss_mask[r, p + a : p + b] = 0.0
     return ids, attn, loss_mask
 
 

@@ -20,8 +20,8 @@ from lightning.pytorch.cli import OptimizerCallable
 from ibpo_lightning.evaluation import EvalConfig
 from ibpo_lightning.host import PolicyHost
 from ibpo_lightning.models.lora import LoraConfig
-from ibpo_lightning.sft.data import Example, collate, encode_example, pack
-from ibpo_lightning.tasks.base import Task
+from ibpo_lightning.sft.data import Example, collate, encode_episode, encode_example, pack
+from ibpo_lightning.tasks.base import Problem, Task
 from ibpo_lightning.training import MemoryConfig, Scorer
 
 
@@ -71,12 +71,20 @@ class SFTModule(PolicyHost):
         # plain likelihood: temperature 1; prompts are not shared between rows
         self.loss_scorer = self.make_scorer(1.0, share_prompts=False)
 
+    def _encode(self, problem: Problem) -> Example:
+        """A training example; with a ``rollout.environment``, the solution replayed as an episode."""
+        sampler, system_prompt = self.parts.sampler, self.parts.task.system_prompt
+        if sampler.environment is None:
+            return encode_example(self.tokenizer, problem, system_prompt)
+        env = sampler.environment
+        return encode_episode(self.tokenizer, problem, system_prompt, env, sampler.turn_format(env.role))
+
     # -- training: one optimizer update --------------------------------------------------------
     def training_step(self, problems, batch_idx: int) -> None:
-        examples = [encode_example(self.tokenizer, p, self.parts.task.system_prompt) for p in problems]
+        examples = [self._encode(p) for p in problems]
         scorer = self.loss_scorer
         parallel, device = scorer.parallel, next(self.policy.parameters()).device
-        tokens = parallel.reduce(sum(len(e.response_ids) for e in examples))  # every rank's response tokens
+        tokens = parallel.reduce(sum(e.target_tokens for e in examples))  # every rank's response tokens
         normaliser = tokens / parallel.world  # gradients are averaged over ranks
         opt, sched = self.optimizers(), self.lr_schedulers()
         opt.zero_grad(set_to_none=True)

@@ -45,6 +45,20 @@ def solution_lines(start: int, ops: list[tuple[str, int]]) -> list[str]:
     return lines + [f"Answer: {value}"]
 
 
+def calculator_solution(lines: list[str]) -> str:
+    """The worked solution written through the calculator tool (``environments.Calculator``): each
+    step first calls the tool on its expression (ending the turn), then, after the result, writes
+    the step's line; the last turn writes ``Answer: <value>``. Replayed through the environment by
+    supervised fine-tuning (``sft.data.encode_example``), whose turns end after each call."""
+    turns, line = [], ""
+    for step in lines[:-1]:
+        expression = step.split(" = ")[0]
+        call = '<tool_call>{"name": "calculator", "arguments": {"expression": "%s"}}</tool_call>' % expression
+        turns.append(f"{line}{call}")
+        line = step + "\n"
+    return "".join(turns) + line + lines[-1]
+
+
 def first_error(problem: str, response: str) -> int | None:
     """Character offset in ``response`` of the first line that differs from the correct solution
     (a missing line counts at the end of the response); None when every line is right."""
@@ -73,11 +87,18 @@ class ChainTask(Task):
         operators: operators to draw from, a subset of ``"+-*"``.
         num_train / num_heldout: problem counts (held-out ones never among the training ones).
         seed: seed of the problem generator.
+        system_prompt: system message of every prompt.
+        solution_format: how ``Problem.solution`` is written: ``lines`` (one ``a + b = c`` line per
+            step), or ``calculator`` (each step's expression first through the calculator tool,
+            ``calculator_solution``; for fine-tuning with ``rollout.environment: Calculator``).
     """
 
     def __init__(self, num_steps: int | list[int] = 3, max_value: int = 20, operators: str = "+-*", num_train: int = 2000,
                  num_heldout: int = 100, seed: int = 0,
-                 system_prompt: str | None = "Solve one step per line, as 'a + b = c', then write 'Answer: <number>'.") -> None:
+                 system_prompt: str | None = "Solve one step per line, as 'a + b = c', then write 'Answer: <number>'.",
+                 solution_format: str = "lines") -> None:
+        if solution_format not in ("lines", "calculator"):
+            raise ValueError(f"data.task.solution_format must be lines or calculator, got {solution_format!r}")
         lengths = [num_steps] if isinstance(num_steps, int) else list(num_steps)
         if not lengths or min(lengths) < 1 or not operators or set(operators) - set(OPS):
             raise ValueError(f"need num_steps >= 1 and operators within '+-*', got {num_steps} and {operators!r}")
@@ -88,7 +109,8 @@ class ChainTask(Task):
         problems: dict[str, list[str]] = {}
         while len(problems) < num_train + num_heldout:
             problems.setdefault(*self._sample(rng))
-        items = [Problem(prompt=p, answer=lines[-1].removeprefix("Answer: "), solution="\n".join(lines))
+        write = calculator_solution if solution_format == "calculator" else "\n".join
+        items = [Problem(prompt=p, answer=lines[-1].removeprefix("Answer: "), solution=write(lines))
                  for p, lines in problems.items()]
         self._heldout, self._train = items[:num_heldout], items[num_heldout:]
 
