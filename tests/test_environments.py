@@ -252,3 +252,13 @@ def test_an_estimator_with_single_turn_rollouts_refuses_an_environment(tmp_path)
     with pytest.raises(ValueError, match="IBPO generates single-turn continuations .* use GRPO, DAPO"):
         run_cli(["fit", "-c", "configs/tiny.yaml", "-c", "configs/environments/calculator.yaml",
                  f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false", "--trainer.max_steps=1"])
+
+
+def test_credit_localisation_refuses_episodes(tmp_path):
+    from ibpo_lightning.cli import run_cli
+
+    with pytest.raises(ValueError, match="CreditLocalisation locates errors in single-turn answers"):
+        run_cli(["fit", "-c", "configs/tiny.yaml", "-c", "configs/estimators/grpo.yaml",
+                 "-c", "configs/environments/calculator.yaml", "--data.task=ibpo_lightning.tasks.ChainTask",
+                 "--trainer.callbacks+=ibpo_lightning.diagnostics.CreditLocalisation",
+                 f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false", "--trainer.max_steps=1"])

@@ -125,6 +125,15 @@ def test_hostile_cases_on_this_checkout():
     assert total >= 21 and f"0 of {total} attacks worked" in out, out
 
 
+def test_tool_chains(tmp_path):
+    record, table = _stored_and_reported("tool_chains.py", tmp_path / "tc.json", "--model", "tiny-random-llama",
+                                         "--tool", "--lengths", "2", "4", "--problems", "2", "--max-new-tokens", "16")
+    rows = record["results"]
+    assert [(r["steps"], r["trained_length"], r["problems"]) for r in rows] == [(2, True, 2), (4, False, 2)]
+    assert all(0 <= r["accuracy"] <= 1 and r["turns_per_episode"] >= 1 for r in rows)
+    assert "| 4 (not trained) | 2 |" in table
+
+
 def test_bad_inputs_report_of_the_stored_pair():
     out = _run("scripts/bad_inputs.py", "--report", str(DATA / "bad_inputs/before.json"),
                str(DATA / "bad_inputs/after.json"))

@@ -66,6 +66,11 @@ class CreditLocalisation(Callback):
             raise ValueError(f"CreditLocalisation needs a task with first_error(problem, response); "
                              f"{type(task).__name__} has none (use ibpo_lightning.tasks.ChainTask)")
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if pl_module.parts.sampler.environment is not None:  # the host's declared parts (wiring.RunParts)
+            raise ValueError("CreditLocalisation locates errors in single-turn answers; it does not read multi-turn "
+                             "episodes yet: drop it or rollout.environment")
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         batch = outputs["rollout"]  # the step's RolloutBatch (``PolicyModule.training_step``)
         task, tokenizer = trainer.datamodule.task, pl_module.tokenizer
