@@ -112,8 +112,8 @@ SETTINGS = {
                                         "--rollout.engine", "tests.helpers.ScriptedToolEngine"],
     "dapo-dynamic_sampling": ["-c", "configs/estimators/dapo.yaml"],
     "ibpo-dynamic_sampling-ddp": IBPO + ["--rollout.dynamic_sampling.max_rounds", "4"] + DDP,
-    "grpo-fsdp2": GRPO + FSDP2,
-    # the adaptive entropy coefficient moves every update: a resume must carry it, not restart it
+    # GRPO under FSDP2; and the adaptive entropy coefficient moves every update: a resume must
+    # carry it, not restart it
     "grpo-adaptive_entropy-fsdp2": GRPO + ["--model.loss.target_entropy", "50.0",
                                            "--model.loss.entropy_coef_step", "0.01"] + FSDP2,
     "ibpo-fsdp2": IBPO + ["--estimator.init_args.ref_policy", "random"] + FSDP2,
