@@ -19,6 +19,7 @@ import torch
 
 ROOT = Path(__file__).parents[1]
 OVERLAYS = sorted(p.stem for p in (ROOT / "configs/estimators").glob("*.yaml"))
+MULTI_TURN = ["grpo", "rrpo", "vineppo"]  # sequence credit, resets and probes at turn starts
 NEEDS_REFERENCE = {"reinforce_pp", "reinforce_pp_baseline"}  # KL in the reward; no overlay puts KL in the loss
 LAUNCH = {
     "one": ([], [], "SingleDeviceStrategy", 1),
@@ -145,14 +146,25 @@ def test_long_prompts_dropped_alike_on_every_rank_under_fsdp2(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
 def test_multi_turn_calculator_episodes_train_under(strategy, tmp_path):
-    """Multi-turn episodes with the calculator on 2 processes: the scripted engine calls the tool in
-    half the episodes and answers with its result, every rank trains on model tokens only (the
-    environment's tokens are masked in the step) and the weights move."""
-    rows = _one_step(strategy, tmp_path, 80, "grpo", "-c", "configs/environments/calculator.yaml",
-                     "--rollout.engine=tests.helpers.ScriptedToolEngine",
-                     "--data.task=tests.helpers.ParityTask", "--data.task.num_train=64")
-    for row in rows:
-        episode = row["episode"]
-        assert episode["episode/turns"] == 1.5 and episode["episode/tool_calls"] == 0.5  # half call once
-        assert episode["episode/malformed_share"] == 0.0 and episode["tokens/observation"] > 0
-        assert row["adv_abs_mean"] > 0 and row["moved"]
+    """Multi-turn episodes with the calculator on 2 processes, for a sequence-level estimator and
+    the two whose extra rollouts continue episodes from a turn (RRPO's resets, VinePPO's probes):
+    the scripted engine calls the tool in half the episodes and answers with its result; every
+    rank trains on model tokens only (the environment's are masked in the step), the weights move."""
+    launcher, overlay, strategy_class, world = LAUNCH[strategy]
+    launcher = [*launcher[:-1], str(int(launcher[-1]) + 80)]
+    command = [sys.executable, *launcher, "tests/composition_driver.py", str(tmp_path), *MULTI_TURN, "--", *overlay,
+               "--trainer.accelerator=cpu", "-c", "configs/environments/calculator.yaml",
+               "--rollout.engine=tests.helpers.ScriptedToolEngine", "--data.task=tests.helpers.ParityTask",
+               "--data.task.num_train=64"]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for rank in range(world):
+        rows = [json.loads(line) for line in (tmp_path / f"rank{rank}.jsonl").read_text().splitlines()]
+        assert sorted(r["estimator"] for r in rows) == sorted(MULTI_TURN)
+        for row in rows:
+            assert "error" not in row, row["error"]
+            assert row["strategy"] == strategy_class and row["version"] == 1
+            episode = row["episode"]  # every step's episodes: fresh ones, and resets or probes
+            assert episode["episode/turns"] > 1 and episode["episode/tool_calls"] > 0
+            assert episode["episode/malformed_share"] == 0.0 and episode["tokens/observation"] > 0
+            assert row["adv_abs_mean"] > 0 and row["moved"], row["estimator"]

@@ -262,3 +262,66 @@ def test_credit_localisation_refuses_episodes(tmp_path):
                  "-c", "configs/environments/calculator.yaml", "--data.task=ibpo_lightning.tasks.ChainTask",
                  "--trainer.callbacks+=ibpo_lightning.diagnostics.CreditLocalisation",
                  f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false", "--trainer.max_steps=1"])
+
+
+# -- turns as steps: resets and probes continue episodes ------------------------------------------------
+class AnswersTwo:
+    system_prompt = None
+
+    def score(self, completions, answers):
+        return [float(c.startswith("Answer: 2")) for c in completions]
+
+
+def scored_episodes(sampler):
+    batch = sampler.sample_groups([Problem("count", "2"), Problem("again", "2")], None)
+    fresh, batch.trajectories = batch.trajectories, []
+    batch.add_scored(fresh, AnswersTwo())
+    return batch
+
+
+@pytest.mark.parametrize("cut_turn", [1, 2])
+def test_resets_replay_the_environment_and_play_the_episode_on(cut_turn):
+    from ibpo_lightning.estimators import RRPO
+    from ibpo_lightning.types import Kind
+
+    sampler, _, tok = scripted_sampler()
+    batch = scored_episodes(sampler)
+    parent = batch.trajectories[0]  # one call, answers 1: wrong
+    assert parent.reward == 0.0 and len(parent.turn_ends) == 2
+    rrpo = RRPO(n_resets=3)
+    rrpo.reset_points = lambda batch, parents, sampler, task: [cut_turn] * len(parents)
+    rrpo.plan(batch, sampler, AnswersTwo())
+    resets = [t for t in batch.trajectories if t.kind == Kind.RESET_SUFFIX and t.parent == 0]
+    assert len(resets) == 3 and parent.step_boundaries == (parent.env_spans[0][1],)  # turns are the steps
+    cut = (0, *parent.step_boundaries)[cut_turn - 1]
+    for t in resets:
+        assert t.prefix_len == cut and t.response_ids[:cut] == parent.response_ids[:cut]
+        # the k-th tool turn reads k (the script adds 1 to the results it has read), across the
+        # prefix and the continuation; the episode answers with the last result
+        tools = [tok.decode(t.response_ids[a:b]) for a, b in t.env_spans]
+        assert tools == [f"\n<|im_start|>tool\n{k + 1}<|im_end|>\n<|im_start|>assistant\n" for k in range(len(tools))]
+        assert t.turn_ends[-1] == len(t.response_ids) and t.answer_text.startswith(f"Answer: {len(tools)}")
+        if cut_turn == 2:  # the prefix keeps the parent's first turn and tool answer
+            assert t.env_spans[0] == parent.env_spans[0] and t.turn_ends[0] == parent.turn_ends[0]
+    assert len({len(t.env_spans) for t in resets}) > 1  # the episodes went on differently
+    batch.collate(pad_id=tok.pad_token_id)
+    adv, weights = rrpo.assign(batch)
+    weights = batch.model_tokens_only(weights)
+    assert (weights[batch.env_mask] == 0).all() and (batch.response_mask[batch.env_mask] == 0).all()
+
+
+def test_probes_value_the_turns_of_episodes():
+    from ibpo_lightning.estimators import VinePPO
+    from ibpo_lightning.types import Kind
+
+    sampler, _, _ = scripted_sampler()
+    batch = scored_episodes(sampler)
+    vine = VinePPO(n_probes=2)
+    vine.plan(batch, sampler, AnswersTwo())
+    fresh = [t for t in batch.trajectories if t.kind == Kind.FRESH]
+    probes = [t for t in batch.trajectories if t.kind == Kind.PROBE]
+    starts = {b for t in fresh for _, b in t.env_spans if b < len(t.response_ids)}
+    assert {t.prefix_len for t in probes if t.parent >= 0} <= starts and probes
+    batch.collate(pad_id=sampler.tokenizer.pad_token_id)
+    adv, weights = vine.assign(batch)
+    assert (batch.model_tokens_only(weights)[batch.env_mask] == 0).all() and adv.abs().sum() > 0

@@ -47,7 +47,7 @@ class FakeRollout(Sampler):
     """
 
     def __init__(self, replies=None, localisation="\\boxed{2}", max_new_tokens=8):
-        self.tokenizer, self.max_new_tokens = FakeTokenizer(), max_new_tokens
+        self.tokenizer, self.max_new_tokens, self.environment = FakeTokenizer(), max_new_tokens, None
         self.replies, self.localisation = replies or {}, localisation
         self.calls, self.encoded, self.handed = [], [], 0
 

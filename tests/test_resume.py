@@ -108,8 +108,9 @@ SETTINGS = {
     "ibpo-correct_first": IBPO + ["--estimator.init_args.ref_policy", "correct_first"],
     "ibpo-random": IBPO + ["--estimator.init_args.ref_policy", "random"],
     "rrpo": ["-c", "configs/estimators/rrpo.yaml"],
-    "grpo-calculator_episodes": GRPO + ["-c", "configs/environments/calculator.yaml",
-                                        "--rollout.engine", "tests.helpers.ScriptedToolEngine"],
+    # multi-turn episodes, with resets that replay the calculator to a turn and play on
+    "rrpo-calculator_episodes": ["-c", "configs/estimators/rrpo.yaml", "-c", "configs/environments/calculator.yaml",
+                                 "--rollout.engine", "tests.helpers.ScriptedToolEngine"],
     "dapo-dynamic_sampling": ["-c", "configs/estimators/dapo.yaml"],
     "ibpo-dynamic_sampling-ddp": IBPO + ["--rollout.dynamic_sampling.max_rounds", "4"] + DDP,
     # GRPO under FSDP2; and the adaptive entropy coefficient moves every update: a resume must

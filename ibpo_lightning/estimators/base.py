@@ -48,8 +48,8 @@ class Estimator(Callback, ABC):
     """Whether the method compares samples of one prompt (then a group needs >= 2 samples)."""
 
     multi_turn: bool = True
-    """Whether the method credits multi-turn episodes (``rollout.environment``); False for methods
-    whose extra rollouts continue a single turn (IBPO's repairs, SRPO/RRPO's resets, VinePPO's probes)."""
+    """Whether the method credits multi-turn episodes (``rollout.environment``); False for a method
+    whose extra rollouts cannot continue an episode (IBPO's repair prompts)."""
 
     seed: int = 0
     """Seed of the estimator's random choices (combined with each step's ``batch.seed``)."""

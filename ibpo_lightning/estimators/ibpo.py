@@ -84,7 +84,7 @@ class IBPO(Estimator):
         seed: seed of reference choice and capping (with each step's own seed, ``Estimator.generator``).
     """
 
-    multi_turn = False  # its extra rollouts continue one turn
+    multi_turn = False  # its repair prompts show single-turn answers
 
     name = "ibpo"
     REVISION_WEIGHTS = "ibpo/revision_weights"

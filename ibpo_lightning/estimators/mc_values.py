@@ -9,6 +9,9 @@ with ``trained=False``, ``parent`` and ``prefix_len = b_k``, used for values onl
              probes``, VinePPO) or the group's mean reward (``group_mean``, SPO)
     A_t    = V(s_k) - V(s_{k-1}) on every token of step k            (gamma = 1)
 
+In a multi-turn episode the steps are its model turns: probes replay the environment to a turn and
+play the episode on (``Sampler.continue_rows``); environment tokens carry no loss.
+
 SPO's switches: fixed-size segments (``segment_tokens``) instead of delimiter steps, and the
 probability mask M_t = 1[pi_old(y_t) < ``prob_threshold``] (only low-probability tokens get
 loss weight; with ``loss.aggregation: seq_mean_token_mean`` the loss of a sample is divided by
@@ -33,7 +36,7 @@ import torch
 
 from ibpo_lightning.estimators.base import Estimator
 from ibpo_lightning.estimators.functional import value_differences
-from ibpo_lightning.estimators.segments import check_delimiter, continuation, segment, thin
+from ibpo_lightning.estimators.segments import check_delimiter, continuation, steps, thin
 from ibpo_lightning.types import GenerationKind, Kind, RolloutBatch, Trajectory
 
 
@@ -51,8 +54,6 @@ class VinePPO(Estimator):
         probe_temperature: sampling temperature of the probes (None = the rollout's).
         share_probes: samples of a group with equal prefixes share the probes of that state.
     """
-
-    multi_turn = False  # its extra rollouts continue one turn
 
     name = "vineppo"
 
@@ -94,8 +95,7 @@ class VinePPO(Estimator):
     def boundaries(self, batch: RolloutBatch, rows: list[int], tokenizer) -> dict[int, tuple[int, ...]]:
         """Probed boundaries of each row, within ``max_steps`` and ``max_probes``."""
         trajs = batch.trajectories
-        cuts = {i: thin(segment(tokenizer, trajs[i].response_ids, self.delimiter, self.segment_tokens),
-                        self.max_steps) for i in rows}
+        cuts = {i: thin(steps(tokenizer, trajs[i], self.delimiter, self.segment_tokens), self.max_steps) for i in rows}
         if self.max_probes is not None:
             budget, keep = self.max_probes // self.n_probes, max((len(c) for c in cuts.values()), default=0)
             while keep > 0 and len(self.states(trajs, {i: thin(c, keep) for i, c in cuts.items()})) > budget:
@@ -113,9 +113,8 @@ class VinePPO(Estimator):
             items += [(g[0], 0, -1) for g in batch.groups_of(rows)]
         for i in rows:
             trajs[i].step_boundaries = cuts[i]
-        samples = sampler.continue_prefixes([trajs[i].prompt_ids for i, _, _ in items],
-                                    [trajs[i].response_ids[:b] for i, b, _ in items], self.n_probes,
-                                    kind=GenerationKind.PROBE, temperature=self.probe_temperature)
+        samples = sampler.continue_rows(batch, [i for i, _, _ in items], [b for _, b, _ in items], self.n_probes,
+                                        kind=GenerationKind.PROBE, temperature=self.probe_temperature)
         probes = []
         for (i, b, parent), group in zip(items, samples):
             probes += [continuation(tok, trajs[i], b, s, kind=Kind.PROBE, parent=parent, trained=False)

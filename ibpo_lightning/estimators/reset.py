@@ -3,6 +3,8 @@
 In each group whose fresh samples include a wrong one, the first wrong sample is the *parent*:
 
 1. split the parent into thoughts at ``delimiter`` (the paper's thoughts end with ``</thought>``);
+   in a multi-turn episode the thoughts are its model turns, and a reset replays the environment
+   to that turn and plays the episode on (``Sampler.continue_rows``);
 2. pick the reset thought N in 1..n: RRPO draws N uniformly; SRPO (``srpo.py``) asks the
    policy to name the first wrong thought (the localisation call);
 3. sample ``n_resets`` suffixes from the shared prefix (thoughts 1..N-1): rows of kind
@@ -30,7 +32,7 @@ import torch
 
 from ibpo_lightning.estimators.base import Estimator
 from ibpo_lightning.estimators.functional import broadcast_to_tokens, zscore_within
-from ibpo_lightning.estimators.segments import check_delimiter, continuation, segment
+from ibpo_lightning.estimators.segments import check_delimiter, continuation, steps
 from ibpo_lightning.types import GenerationKind, Kind, RolloutBatch
 
 
@@ -46,9 +48,6 @@ class ResetEstimator(Estimator):
         min_std: sub-groups whose reward std is below this get advantage 0.
         seed: seed of the random choices (RRPO's reset point, SRPO's fallback).
     """
-
-    multi_turn = False  # its extra rollouts continue one turn
-
 
     def __init__(self, n_resets: int = 4, delimiter: str = "</thought>", train_parent: bool = False,
                  reset_temperature: float | None = None, correct_threshold: float = 1.0,
@@ -78,13 +77,12 @@ class ResetEstimator(Estimator):
         trajs, tok = batch.trajectories, sampler.tokenizer
         parents = self.parents(batch)
         for i in parents:
-            trajs[i].step_boundaries = segment(tok, trajs[i].response_ids, self.delimiter)
+            trajs[i].step_boundaries = steps(tok, trajs[i], self.delimiter)
             trajs[i].trained = self.train_parent
         points = self.reset_points(batch, parents, sampler, task) if parents else []
         cuts = [(0, *trajs[i].step_boundaries)[n - 1] for i, n in zip(parents, points)]
-        samples = sampler.continue_prefixes([trajs[i].prompt_ids for i in parents],
-                                    [trajs[i].response_ids[:c] for i, c in zip(parents, cuts)], self.n_resets,
-                                    kind=GenerationKind.RESET_SUFFIX, temperature=self.reset_temperature)
+        samples = sampler.continue_rows(batch, parents, cuts, self.n_resets, kind=GenerationKind.RESET_SUFFIX,
+                                        temperature=self.reset_temperature)
         new = []
         for i, cut, group in zip(parents, cuts, samples):
             new += [continuation(tok, trajs[i], cut, s, kind=Kind.RESET_SUFFIX, parent=i) for s in group]

@@ -78,10 +78,24 @@ def segment(tokenizer, token_ids: list[int], delimiter: str | None, size: int | 
     return delimiter_ends(token_texts(tokenizer, token_ids), delimiter)
 
 
+def steps(tokenizer, t: Trajectory, delimiter: str | None, size: int | None = None) -> tuple[int, ...]:
+    """Step boundaries of a row: the starts of its model turns after the first for a multi-turn
+    episode (turns are its steps), else ``segment``'s."""
+    if t.turn_ends:
+        return tuple(b for _, b in t.env_spans if b < len(t.response_ids))
+    return segment(tokenizer, t.response_ids, delimiter, size)
+
+
 def continuation(tokenizer, src: Trajectory, cut: int, sample: Sample, **fields) -> Trajectory:
     """A new row: the first ``cut`` response tokens of ``src`` followed by ``sample`` (the shared
-    prefix marked by ``prefix_len``); ``fields`` set ``kind``, ``parent``, ``trained``."""
+    prefix marked by ``prefix_len``); ``fields`` set ``kind``, ``parent``, ``trained``. An episode's
+    continuation (an ``EpisodeSample``) keeps the prefix's turns and environment spans before its own."""
     ids = src.response_ids[:cut] + sample.token_ids
+    if hasattr(sample, "env_spans"):
+        fields = {"env_spans": tuple(s for s in src.env_spans if s[1] <= cut) + tuple(
+                      (a + cut, b + cut) for a, b in sample.env_spans),
+                  "turn_ends": tuple(e for e in src.turn_ends if e <= cut) + tuple(e + cut for e in sample.turn_ends),
+                  "answer_text": sample.answer_text, **fields}
     return Trajectory(prompt_ids=src.prompt_ids, response_ids=ids, logprobs=src.logprobs[:cut] + sample.logprobs,
                       prompt_text=src.prompt_text, response_text=tokenizer.decode(ids, skip_special_tokens=True),
                       group=src.group, finished=sample.finished, prefix_len=cut, **fields)

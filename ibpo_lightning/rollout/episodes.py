@@ -11,6 +11,10 @@ each episode gets the tokens it has left). An episode ends when its environment 
 (``max_new_tokens`` for model and environment tokens together, so that prompt plus episode always
 fits the context the prompt check guarantees) runs out, which marks it truncated.
 
+``continue_episodes`` plays the rest of episodes from the start of one of their model turns (the
+resets and probes of per-step estimators, whose steps are turns), replaying the environment
+through the turns before it first.
+
 An episode is one :class:`EpisodeSample`: the response tokens of every turn and observation in
 order, with the spans the environment wrote (``env_spans``: no loss, no log-prob of the policy's
 own), the ends of the model's turns (``turn_ends``: the steps of per-step estimators), and the
@@ -79,16 +83,44 @@ class _Episode:
     logprobs: list[float] = field(default_factory=list)
     env_spans: list[tuple[int, int]] = field(default_factory=list)
     turn_ends: list[int] = field(default_factory=list)
+    start: int = 0
+    """Response tokens given as a prefix (not sampled here)."""
     last_turn: str = ""
     finished: bool = False
     live: bool = True
     tool_calls: int = 0
     malformed_calls: int = 0
 
+    @classmethod
+    def open(cls, environment: Environment, problem, prompt: list[int]) -> "_Episode":
+        env = environment.spawn()
+        env.reset(problem)
+        return cls(env, list(prompt))
+
+    def replay(self, row, cut: int, tokenizer) -> None:
+        """Take ``row``'s first ``cut`` response tokens (a model turn's start) as this episode's
+        prefix, stepping the environment through its turns so that it is where the row's was."""
+        starts = (0, *(b for _, b in row.env_spans))
+        if cut not in starts:
+            raise ValueError(f"an episode continues only from the start of a model turn (offsets {starts}), not {cut}")
+        for a, b in zip(starts, row.turn_ends):
+            if b > cut:
+                break
+            if self.env.step(tokenizer.decode(row.response_ids[a:b], skip_special_tokens=True)).done:
+                raise ValueError("the environment ended an episode while replaying a turn it had answered: "
+                                 "an environment must answer the same turns alike")
+        self.ids, self.logprobs = list(row.response_ids[:cut]), list(row.logprobs[:cut])
+        self.env_spans = [span for span in row.env_spans if span[1] <= cut]
+        self.turn_ends = [end for end in row.turn_ends if end <= cut]
+        self.start = cut
+
     def sample(self, tokenizer) -> EpisodeSample:
-        return EpisodeSample(token_ids=self.ids, logprobs=self.logprobs,
-                             text=tokenizer.decode(self.ids, skip_special_tokens=False), finished=self.finished,
-                             env_spans=tuple(self.env_spans), turn_ends=tuple(self.turn_ends),
+        """What was sampled after the prefix, offsets counted from its start."""
+        k, ids = self.start, self.ids[self.start:]
+        return EpisodeSample(token_ids=ids, logprobs=self.logprobs[k:],
+                             text=tokenizer.decode(ids, skip_special_tokens=False), finished=self.finished,
+                             env_spans=tuple((a - k, b - k) for a, b in self.env_spans if a >= k),
+                             turn_ends=tuple(end - k for end in self.turn_ends if end > k),
                              answer_text=self.last_turn, tool_calls=self.tool_calls,
                              malformed_calls=self.malformed_calls)
 
@@ -97,14 +129,33 @@ def run_episodes(sampler, environment: Environment, problems, prompts: list[list
                  temperature: float | None = None, max_new_tokens: int | None = None) -> list[list[EpisodeSample]]:
     """``n`` episodes of each problem, started from its token prompt; grouped by problem."""
     budget = max_new_tokens or sampler.max_new_tokens
-    turns = sampler.turn_format(environment.role)
-    episodes: list[_Episode] = []
-    for problem, prompt in zip(problems, prompts):
-        for _ in range(n):
-            env = environment.spawn()
-            env.reset(problem)
-            episodes.append(_Episode(env, list(prompt)))
+    episodes = [_Episode.open(environment, problem, prompt) for problem, prompt in zip(problems, prompts)
+                for _ in range(n)]
     first = sampler.generate(prompts, n, temperature=temperature, max_new_tokens=budget, kind=kind)
+    return _play(sampler, environment, episodes, first, n, budget, kind, temperature)
+
+
+def continue_episodes(sampler, environment: Environment, problems, rows, cuts: list[int], n: int, *, kind: str,
+                      temperature: float | None = None) -> list[list[EpisodeSample]]:
+    """``n`` continuations of each episode ``rows[i]`` from its first ``cuts[i]`` response tokens (the
+    start of a model turn), within the budget a fresh episode has; each sample holds what follows
+    the prefix. The environment is replayed through the prefix's turns first."""
+    budget = sampler.max_new_tokens
+    episodes = []
+    for problem, row, cut in zip(problems, rows, cuts):
+        for _ in range(n):
+            episodes.append(_Episode.open(environment, problem, row.prompt_ids))
+            episodes[-1].replay(row, cut, sampler.tokenizer)
+    contexts = [row.prompt_ids + row.response_ids[:cut] for row, cut in zip(rows, cuts)]
+    first = sampler.generate(contexts, n, temperature=temperature, kind=kind,
+                             max_new_tokens=[max(1, budget - cut) for cut in cuts])
+    return _play(sampler, environment, episodes, first, n, budget, kind, temperature)
+
+
+def _play(sampler, environment: Environment, episodes: list[_Episode], first: list[list[Sample]], n: int, budget: int,
+          kind: str, temperature: float | None) -> list[list[EpisodeSample]]:
+    """Play ``episodes`` to their ends from their first sampled turns, round by round."""
+    turns = sampler.turn_format(environment.role)
     with ThreadPoolExecutor(max_workers=8) as pool:  # tools may run programs: wait for them together
         _take_turns(episodes, [s for group in first for s in group], environment.max_turns, budget, turns, pool)
         while live := [e for e in episodes if e.live]:
@@ -113,14 +164,14 @@ def run_episodes(sampler, environment: Environment, problems, prompts: list[list
             _take_turns(live, [group[0] for group in out], environment.max_turns, budget, turns, pool)
     for e in episodes:
         e.env.close()
-    counts = {"episodes": len(episodes), "turns": sum(len(e.turn_ends) for e in episodes),
+    counts = {"episodes": len(episodes), "turns": sum(end > e.start for e in episodes for end in e.turn_ends),
               "tool_calls": sum(e.tool_calls for e in episodes),
               "malformed_calls": sum(e.malformed_calls for e in episodes),
-              "observation_tokens": sum(b - a for e in episodes for a, b in e.env_spans)}
+              "observation_tokens": sum(b - a for e in episodes for a, b in e.env_spans if a >= e.start)}
     for key, value in counts.items():
         sampler.episode_counts[key] = sampler.episode_counts.get(key, 0) + value
     made = [e.sample(sampler.tokenizer) for e in episodes]
-    return [made[i * n : (i + 1) * n] for i in range(len(prompts))]
+    return [made[i * n : (i + 1) * n] for i in range(len(made) // n)]
 
 
 def _take_turns(episodes: list[_Episode], samples: list[Sample], max_turns: int, budget: int, turns: TurnFormat,

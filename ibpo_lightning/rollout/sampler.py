@@ -15,7 +15,8 @@ from collections.abc import Sequence
 
 from ibpo_lightning.environments.base import Environment
 from ibpo_lightning.rollout.engine import RolloutEngine, Sample
-from ibpo_lightning.rollout.episodes import TurnFormat, run_episodes
+from ibpo_lightning.rollout.episodes import TurnFormat, continue_episodes, run_episodes
+from ibpo_lightning.tasks.base import Problem
 from ibpo_lightning.types import GenerationKind, RolloutBatch, Trajectory
 
 
@@ -106,6 +107,20 @@ class Sampler:
             return self.generate(prompts, n, temperature=temperature, max_new_tokens=max_new_tokens, kind=kind)
         return run_episodes(self, self.environment, problems, prompts, n, temperature=temperature,
                             max_new_tokens=max_new_tokens, kind=kind)
+
+    def continue_rows(self, batch: RolloutBatch, rows: list[int], cuts: list[int], n: int, *, kind: str,
+                      temperature: float | None = None) -> list[list[Sample]]:
+        """``n`` continuations of each row of ``batch`` after its first ``cuts`` response tokens: of
+        the prefix (``continue_prefixes``), or with an environment of the episode from that turn on
+        (``continue_episodes``; a cut is then the start of a model turn). Each sample holds only
+        what follows the cut (``segments.continuation`` joins them)."""
+        trajs = [batch.trajectories[i] for i in rows]
+        if self.environment is None:
+            return self.continue_prefixes([t.prompt_ids for t in trajs],
+                                          [t.response_ids[:c] for t, c in zip(trajs, cuts)], n, kind=kind,
+                                          temperature=temperature)
+        problems = [Problem(batch.problems[t.group], batch.answers[t.group]) for t in trajs]
+        return continue_episodes(self, self.environment, problems, trajs, cuts, n, kind=kind, temperature=temperature)
 
     def turn_format(self, role: str) -> TurnFormat:
         """How observations of ``role`` are rendered between turns (read off the chat template once)."""
