@@ -116,6 +116,13 @@ class PolicyHost(HeldoutEvaluation, LightningModule):
                                   type(task).__name__, drop)
 
         fit(stage, fits)
+        # each model.benchmarks task is evaluated with the held-out (test) budget, its own system prompt
+        split = "test" if stage == "test" else "held-out"
+        drop = bool(getattr(self.trainer.datamodule, "drop_long_prompts", False))
+        self.checked_benchmarks = {
+            name: check_problems(self.tokenizer, bench.test_problems() if split == "test" else bench.heldout_problems(),
+                                 bench.system_prompt, rooms[split], f"{name} {split}", type(bench).__name__, drop)
+            for name, bench in self.benchmarks.items()}
 
     def make_scorer(self, temperature: float, share_prompts: bool) -> Scorer:
         """A scorer of this host's models over the trainer's data-parallel ranks."""

@@ -105,3 +105,21 @@ def test_sft_validate_names_a_held_out_row_or_drops_it(tmp_path):
     with pytest.warns(UserWarning, match="left out 1 of 4 held-out problems"):
         cli = run_sft_cli([*args, "--data.drop_long_prompts=true"])
     assert len(cli.datamodule.evaluation_problems("held-out")) == 3
+
+
+def test_a_benchmark_row_is_named_or_dropped(tmp_path):
+    """``model.benchmarks`` tasks are checked with the held-out budget and their own system prompt."""
+    extra = _rows(tmp_path / "extra.jsonl", long_at=3)
+    benchmarks = {"extra": {"class_path": "ibpo_lightning.tasks.JsonlTask",
+                            "init_args": {"heldout_path": str(extra), "system_prompt": None,
+                                          "reward": {"class_path": "ibpo_lightning.rewards.NumberReward"}}}}
+    args = [f"--model.benchmarks={json.dumps(benchmarks)}", "--data.task=ibpo_lightning.tasks.ArithmeticTask",
+            "--data.task.num_heldout=2"]
+    with pytest.raises(ValueError, match=r"1 of 6 extra held-out problems .* extra\.jsonl row 5: \d+ tokens"):
+        run_cli(["validate", "-c", str(ROOT / "configs/tiny.yaml"), f"--trainer.default_root_dir={tmp_path}/a",
+                 "--trainer.enable_progress_bar=false", "--trainer.logger=false", *args])
+    with pytest.warns(UserWarning, match="left out 1 of 6 extra held-out problems"):
+        cli = run_cli(["validate", "-c", str(ROOT / "configs/tiny.yaml"), f"--trainer.default_root_dir={tmp_path}/b",
+                       "--trainer.enable_progress_bar=false", "--trainer.logger=false", "--data.drop_long_prompts=true",
+                       *args])
+    assert len(cli.model.checked_benchmarks["extra"]) == 5 and "val/extra/mean@1" in cli.trainer.callback_metrics

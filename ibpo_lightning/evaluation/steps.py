@@ -29,6 +29,8 @@ class HeldoutEvaluation:
         self.val_accuracy = MeanMetric()
         ev = evaluation if evaluation is not None else EvalConfig()
         self.benchmarks, self.heldout_name = dict(benchmarks or {}), ev.heldout_name
+        self.checked_benchmarks: dict[str, list] = {}
+        """Each benchmark's problems as the stage's prompt check kept them (``PolicyHost._fit_prompts``)."""
         if ev.heldout_name in self.benchmarks:
             raise ValueError(f"model.benchmarks may not reuse the held-out split's name {ev.heldout_name!r}")
         self.evaluation = EvalSuite([ev.heldout_name, *self.benchmarks], ev.samples,
@@ -54,7 +56,9 @@ class HeldoutEvaluation:
     def _report(self, split: str) -> None:
         chunk = self.trainer.datamodule.val_batch_size
         for name, task in self.benchmarks.items():
-            problems = list(task.test_problems() if split == "test" else task.heldout_problems())
+            problems = self.checked_benchmarks.get(name)  # as the start-up length check kept them
+            if problems is None:
+                problems = list(task.test_problems() if split == "test" else task.heldout_problems())
             for start in range(0, len(problems), chunk):
                 self.evaluation.evaluate(self.parts.sampler, name, task, problems[start : start + chunk])
         accuracy = float(self.val_accuracy.compute())
