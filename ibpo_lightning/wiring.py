@@ -66,7 +66,7 @@ def run_parts(trainer: Trainer, stage: str, *, with_estimator: bool, max_policy_
     if estimator is not None and sampler.environment is not None and not estimator.multi_turn:
         raise ValueError(f"{type(estimator).__name__} generates single-turn continuations of its own and cannot "
                          f"run with rollout.environment ({type(sampler.environment).__name__}): use GRPO, DAPO, "
-                         "RLOO, ReinforcePP, ACPO, SRPO, RRPO, VinePPO or SPO for multi-turn episodes")
+                         "RLOO, ReinforcePP, ACPO, SRPO, RRPO, VinePPO, SPO or IBPO for multi-turn episodes")
     rollout.check_lag(max_policy_lag)
     return RunParts(sampler, task, estimator, draw if with_estimator else None,
                     rollout.dynamic_sampling if with_estimator else None)

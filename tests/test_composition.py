@@ -19,7 +19,7 @@ import torch
 
 ROOT = Path(__file__).parents[1]
 OVERLAYS = sorted(p.stem for p in (ROOT / "configs/estimators").glob("*.yaml"))
-MULTI_TURN = ["grpo", "rrpo", "vineppo"]  # sequence credit, resets and probes at turn starts
+MULTI_TURN = ["grpo", "ibpo", "ibpo_revision", "rrpo", "vineppo"]  # sequence credit, repairs, resets and probes
 NEEDS_REFERENCE = {"reinforce_pp", "reinforce_pp_baseline"}  # KL in the reward; no overlay puts KL in the loss
 LAUNCH = {
     "one": ([], [], "SingleDeviceStrategy", 1),
@@ -147,7 +147,8 @@ def test_long_prompts_dropped_alike_on_every_rank_under_fsdp2(tmp_path):
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
 def test_multi_turn_calculator_episodes_train_under(strategy, tmp_path):
     """Multi-turn episodes with the calculator on 2 processes, for a sequence-level estimator and
-    the two whose extra rollouts continue episodes from a turn (RRPO's resets, VinePPO's probes):
+    those whose extra rollouts are episodes too (IBPO's repairs, rerooted or not; RRPO's resets and
+    VinePPO's probes from a turn):
     the scripted engine calls the tool in half the episodes and answers with its result; every
     rank trains on model tokens only (the environment's are masked in the step), the weights move."""
     launcher, overlay, strategy_class, world = LAUNCH[strategy]

@@ -104,7 +104,7 @@ class ScriptedToolUser(RolloutEngine):
             results = context.count("<|im_start|>tool")
             group = []
             for j in range(n):
-                calls = (j if n > 1 else int(context.split("#")[1])) % 3 + 1
+                calls = (j if n > 1 else int(context.split("#")[-2])) % 3 + 1  # the last count written
                 text = call("calculator", expression=f"{results} + 1") if results < calls else f"Answer: {results}"
                 if n > 1:
                     text += f"#{j}#"  # the script keeps count across turns
@@ -246,11 +246,18 @@ def test_hf_engine_episodes_follow_the_chat_template():
         assert episode.answer_text == turns[-1]
 
 
-def test_an_estimator_with_single_turn_rollouts_refuses_an_environment(tmp_path):
+class SingleTurnOnly(GRPO):
+    """A user's estimator whose extra rollouts cannot continue an episode."""
+
+    multi_turn = False
+
+
+def test_an_estimator_that_cannot_continue_episodes_refuses_an_environment(tmp_path):
     from ibpo_lightning.cli import run_cli
 
-    with pytest.raises(ValueError, match="IBPO generates single-turn continuations .* use GRPO, DAPO"):
+    with pytest.raises(ValueError, match="SingleTurnOnly generates single-turn continuations .* use GRPO, DAPO"):
         run_cli(["fit", "-c", "configs/tiny.yaml", "-c", "configs/environments/calculator.yaml",
+                 "--estimator=tests.test_environments.SingleTurnOnly",
                  f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false", "--trainer.max_steps=1"])
 
 
@@ -325,3 +332,30 @@ def test_probes_value_the_turns_of_episodes():
     batch.collate(pad_id=sampler.tokenizer.pad_token_id)
     adv, weights = vine.assign(batch)
     assert (batch.model_tokens_only(weights)[batch.env_mask] == 0).all() and adv.abs().sum() > 0
+
+
+@pytest.mark.parametrize("train_on_revision", [False, True])
+def test_ibpo_repairs_episodes_with_the_tools(train_on_revision):
+    from ibpo_lightning.estimators import IBPO
+    from ibpo_lightning.types import Kind
+
+    sampler, _, tok = scripted_sampler()
+    batch = scored_episodes(sampler)
+    ibpo = IBPO(n_refs=1, train_on_revision=train_on_revision, mask_granularity="step")
+    ibpo.plan(batch, sampler, AnswersTwo())
+    revisions = [t for t in batch.trajectories if t.kind == Kind.REVISION]
+    assert revisions and all(t.turn_ends for t in revisions)  # each repair is an episode
+    assert any(t.env_spans for t in revisions)  # ... that used the calculator
+    wrong = batch.trajectories[revisions[0].parent]
+    assert "<|im_start|>" not in wrong.response_text and "tool\n1" in wrong.response_text  # the prompt shows it as text
+    rerooted = [t for t in batch.trajectories if t.kind == Kind.REROOTED_REVISION]
+    assert any(t.reward == 1.0 for t in revisions)  # a repair that copies attempt B's two calls is right
+    assert bool(rerooted) == train_on_revision and all(t.env_spans == batch.trajectories[t.parent].env_spans
+                                                       for t in rerooted)
+    batch.collate(pad_id=tok.pad_token_id)
+    if train_on_revision:
+        batch.notes[IBPO.REVISION_WEIGHTS] = {i: torch.ones(len(batch.trajectories[i].response_ids))
+                                              for i in batch.rows(lambda t: t.kind == Kind.REROOTED_REVISION)}
+    adv, weights = ibpo.assign(batch)
+    weights = batch.model_tokens_only(weights)
+    assert (weights[batch.env_mask] == 0).all() and (weights > 0).any()

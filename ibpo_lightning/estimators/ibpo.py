@@ -17,6 +17,11 @@ the edit mask localises to a step), the union of edits over several successful r
 step-granular mask variant, and the cap on repairs per group. ``train_on_revision`` adds the
 other reading of "credit only to the edited tokens" (reference notes §1.5 item 6): verified
 repairs trained on under the task prompt, see ``ibpo_revision.py`` for its formulas.
+
+Multi-turn episodes (``rollout.environment``, chosen here): the repair prompt shows both episodes'
+text (tool turns included), a repair is itself an episode with the tools, the edit mask aligns the
+episodes' tokens (environment tokens never carry loss, the step masks them) and a step is a model
+turn.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ import torch
 from ibpo_lightning.estimators.base import Estimator
 from ibpo_lightning.estimators.functional import expand_to_steps, group_normalise, levenshtein_kept
 from ibpo_lightning.estimators.ibpo_revision import rerooted_rows, revision_credit, score_rerooted
-from ibpo_lightning.estimators.segments import check_delimiter, segment
+from ibpo_lightning.estimators.segments import check_delimiter, steps
+from ibpo_lightning.tasks.base import Problem
 from ibpo_lightning.types import GenerationKind, Kind, RolloutBatch, Trajectory
 
 REPAIR_PROMPT = (
@@ -83,8 +89,6 @@ class IBPO(Estimator):
         eps: added to the std.
         seed: seed of reference choice and capping (with each step's own seed, ``Estimator.generator``).
     """
-
-    multi_turn = False  # its repair prompts show single-turn answers
 
     name = "ibpo"
     REVISION_WEIGHTS = "ibpo/revision_weights"
@@ -170,13 +174,16 @@ class IBPO(Estimator):
         trajs = batch.trajectories
         if self.mask_granularity == "step":
             for t in trajs:
-                t.step_boundaries = segment(sampler.tokenizer, t.response_ids, self.step_delimiter)
+                t.step_boundaries = steps(sampler.tokenizer, t, self.step_delimiter)
         if not pairs:
             batch.stats.update({f"{self.name}/revisions": 0.0, f"{self.name}/revisions_correct": 0.0})
             return
         prompts = [sampler.encode(self.repair_text(batch.problems[trajs[i].group], trajs[i], trajs[r]),
                                   task.system_prompt) for i, r in pairs]
-        samples = sampler.generate(prompts, 1, temperature=self.revision_temperature, kind=GenerationKind.REVISION)
+        problems = [Problem(batch.problems[trajs[i].group], batch.answers[trajs[i].group]) for i, _ in pairs]
+        # one answer per repair prompt; with an environment, a repair is an episode with the tools
+        samples = sampler.answer(problems, prompts, 1, temperature=self.revision_temperature,
+                                 kind=GenerationKind.REVISION)
         revisions = [Trajectory.from_sample(prompt, "", s[0], group=trajs[i].group, kind=Kind.REVISION, parent=i,
                                             trained=False) for (i, _), prompt, s in zip(pairs, prompts, samples)]
         first = len(trajs)
@@ -187,7 +194,7 @@ class IBPO(Estimator):
             extra = rerooted_rows(batch, list(range(first, len(trajs))), self.correct_threshold)
             if self.mask_granularity == "step":
                 for t in extra:
-                    t.step_boundaries = segment(sampler.tokenizer, t.response_ids, self.step_delimiter)
+                    t.step_boundaries = steps(sampler.tokenizer, t, self.step_delimiter)
             trajs.extend(extra)
 
     def repair_text(self, problem: str, attempt: Trajectory, reference: Trajectory) -> str:

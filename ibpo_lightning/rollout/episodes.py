@@ -118,7 +118,7 @@ class _Episode:
         """What was sampled after the prefix, offsets counted from its start."""
         k, ids = self.start, self.ids[self.start:]
         return EpisodeSample(token_ids=ids, logprobs=self.logprobs[k:],
-                             text=tokenizer.decode(ids, skip_special_tokens=False), finished=self.finished,
+                             text=tokenizer.decode(ids, skip_special_tokens=True), finished=self.finished,
                              env_spans=tuple((a - k, b - k) for a, b in self.env_spans if a >= k),
                              turn_ends=tuple(end - k for end in self.turn_ends if end > k),
                              answer_text=self.last_turn, tool_calls=self.tool_calls,
