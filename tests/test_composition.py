@@ -153,7 +153,8 @@ def test_multi_turn_calculator_episodes_train_under(strategy, tmp_path):
     rank trains on model tokens only (the environment's are masked in the step), the weights move."""
     launcher, overlay, strategy_class, world = LAUNCH[strategy]
     launcher = [*launcher[:-1], str(int(launcher[-1]) + 80)]
-    command = [sys.executable, *launcher, "tests/composition_driver.py", str(tmp_path), *MULTI_TURN, "--", *overlay,
+    estimators = MULTI_TURN if strategy == "fsdp2" else MULTI_TURN[:2]  # DDP: the same step, fewer cells
+    command = [sys.executable, *launcher, "tests/composition_driver.py", str(tmp_path), *estimators, "--", *overlay,
                "--trainer.accelerator=cpu", "-c", "configs/environments/calculator.yaml",
                "--rollout.engine=tests.helpers.ScriptedToolEngine", "--data.task=tests.helpers.ParityTask",
                "--data.task.num_train=64"]
@@ -161,7 +162,7 @@ def test_multi_turn_calculator_episodes_train_under(strategy, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     for rank in range(world):
         rows = [json.loads(line) for line in (tmp_path / f"rank{rank}.jsonl").read_text().splitlines()]
-        assert sorted(r["estimator"] for r in rows) == sorted(MULTI_TURN)
+        assert sorted(r["estimator"] for r in rows) == sorted(estimators)
         for row in rows:
             assert "error" not in row, row["error"]
             assert row["strategy"] == strategy_class and row["version"] == 1

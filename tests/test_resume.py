@@ -106,7 +106,7 @@ VLLM = ["--model.model", "smollm2-135m-instruct", "--rollout.engine", "ibpo_ligh
 SETTINGS = {
     "grpo": GRPO,
     "ibpo-correct_first": IBPO + ["--estimator.init_args.ref_policy", "correct_first"],
-    "ibpo-random": IBPO + ["--estimator.init_args.ref_policy", "random"],
+    # ref_policy random (drawn from the estimator's generator): the FSDP2 and vLLM cells below
     "rrpo": ["-c", "configs/estimators/rrpo.yaml"],
     # multi-turn episodes, with resets that replay the calculator to a turn and play on
     "rrpo-calculator_episodes": ["-c", "configs/estimators/rrpo.yaml", "-c", "configs/environments/calculator.yaml",
