@@ -43,6 +43,7 @@ BAD = {  # check: the healthy metrics with the one that is wrong
     "zero_variance": {"train/zero_variance_groups": 1.0},
     "entropy": {"train/entropy": 0.01},
     "mismatch": {"rollout/logprob_diff_mean": 0.5},
+    "tool_calls": {"episode/malformed_share": 0.8},
 }
 
 

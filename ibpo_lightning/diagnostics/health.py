@@ -15,6 +15,9 @@ every rank reaches the same verdict at the same step) and the sampler's settings
   mean over the first ``baseline_steps`` steps, for ``patience`` steps (entropy collapse);
 - ``mismatch``: ``rollout/logprob_diff_mean`` (engine against trainer) above ``mismatch_floor``
   and above ``mismatch_ratio`` times its early mean, for ``patience`` steps (drift);
+- ``tool_calls``: ``episode/malformed_share`` (multi-turn episodes) at or above ``malformed`` for
+  ``patience`` steps: most of the model's tool calls cannot be parsed or run, so its episodes are
+  spent on error messages;
 - ``constant_reward``: ``train/reward_mean`` unchanged with ``train/reward_std`` 0 for
   ``constant_steps`` steps (a reward that answers the same whatever is sampled).
 
@@ -53,6 +56,7 @@ class RunHealth(Callback):
         entropy_ratio: ... or this share of its early mean.
         mismatch_floor: mean |log-prob difference| (engine against trainer) that is always fine.
         mismatch_ratio: growth over its early mean that counts as drift.
+        malformed: share of malformed tool calls (multi-turn episodes) that counts as failing.
         constant_steps: steps with the same reward and no spread before the reward counts as constant.
         baseline_steps: first steps whose mean is the early value of entropy and mismatch.
     """
@@ -60,14 +64,14 @@ class RunHealth(Callback):
     def __init__(self, enabled: bool = True, stop: bool = False, patience: int = 3, truncation: float = 0.9,
                  truncated_reward: float = 0.1, zero_variance: float = 0.95, entropy_floor: float = 0.02,
                  entropy_ratio: float = 0.05, mismatch_floor: float = 0.05, mismatch_ratio: float = 4.0,
-                 constant_steps: int = 10, baseline_steps: int = 3) -> None:
+                 constant_steps: int = 10, baseline_steps: int = 3, malformed: float = 0.5) -> None:
         if patience < 1 or constant_steps < 2 or baseline_steps < 1:
             raise ValueError("health.patience and health.baseline_steps must be >= 1, health.constant_steps >= 2")
         self.enabled, self.stop, self.patience = enabled, stop, patience
         self.truncation, self.truncated_reward, self.zero_variance = truncation, truncated_reward, zero_variance
         self.entropy_floor, self.entropy_ratio = entropy_floor, entropy_ratio
         self.mismatch_floor, self.mismatch_ratio = mismatch_floor, mismatch_ratio
-        self.constant_steps, self.baseline_steps = constant_steps, baseline_steps
+        self.constant_steps, self.baseline_steps, self.malformed = constant_steps, baseline_steps, malformed
         self.state: dict = {"said": [], "streak": {}, "early": {}, "rewards": []}
 
     # -- checks -------------------------------------------------------------------------------
@@ -83,7 +87,7 @@ class RunHealth(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if not self.enabled:
             return
-        m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "rollout/"))}
+        m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "rollout/", "episode/"))}
         step, cap = trainer.global_step, pl_module.parts.sampler.max_new_tokens
         truncated, cut_reward = m.get("train/truncated_fraction", 0.0), m.get("train/truncated_reward", 0.0)
         if self._held("truncation", truncated > self.truncation and cut_reward < self.truncated_reward):
@@ -97,6 +101,12 @@ class RunHealth(Callback):
                          f"reward for {self.patience} steps: they carry no group-relative signal; check the "
                          "reward (train/reward_mean), raise --rollout.group_size, or draw more groups with "
                          "--rollout.dynamic_sampling.max_rounds 10")
+        malformed = m.get("episode/malformed_share", 0.0)
+        if self._held("tool_calls", malformed >= self.malformed):
+            self._report(trainer, "tool_calls", f"{100 * malformed:.0f}% of the model's tool calls could not be "
+                         f"parsed or run for {self.patience} steps: its episodes are spent on error messages; "
+                         "check that the system prompt shows the call format (docs/environments.md) or teach it "
+                         "with a cold start (ibpo sft with rollout.environment)")
         self._entropy(trainer, m)
         self._mismatch(trainer, m)
         self._constant_reward(trainer, m, step)
