@@ -171,6 +171,17 @@ def test_sft_validate_subcommand(sft_run):
     assert 0.0 <= float(cli.trainer.callback_metrics["val/accuracy"]) <= 1.0
 
 
+def _sft_on_two_processes(root: Path, *extra: str) -> None:
+    """``ibpo sft`` under FSDP2 on 2 processes, 4 problems per rank (8 per update, as one process)."""
+    command = [sys.executable, "-m", "ibpo_lightning.cli", "sft",
+               *_sft_args(root, *extra, "--data.batch_size=4", "--trainer.num_sanity_val_steps=0",
+                          "--trainer.limit_val_batches=0", "--trainer.devices=2",
+                          "--trainer.strategy=lightning.pytorch.strategies.ModelParallelStrategy",
+                          "--trainer.strategy.data_parallel_size=2", "--trainer.strategy.tensor_parallel_size=1")]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
 CALCULATOR = ["-c", str(ROOT / "configs/environments/calculator.yaml"), "--data.task.init_args.solution_format=calculator",
               "--rollout.max_new_tokens=48"]
 
@@ -183,26 +194,14 @@ def test_sft_with_the_calculator_under_fsdp2_matches_one_process(tmp_path):
     main(["sft", *_sft_args(one, *CALCULATOR, "--trainer.num_sanity_val_steps=0")])
     losses = _losses(one)
     assert len(losses) == 8 and sum(losses[-2:]) / 2 < losses[0] - 1.0, losses
-    command = [sys.executable, "-m", "ibpo_lightning.cli", "sft",
-               *_sft_args(two, *CALCULATOR, "--data.batch_size=4", "--trainer.num_sanity_val_steps=0",
-                          "--trainer.limit_val_batches=0", "--trainer.devices=2",
-                          "--trainer.strategy=lightning.pytorch.strategies.ModelParallelStrategy",
-                          "--trainer.strategy.data_parallel_size=2", "--trainer.strategy.tensor_parallel_size=1")]
-    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    _sft_on_two_processes(two, *CALCULATOR)
     assert _losses(two) == pytest.approx(losses, rel=1e-4)
 
 
 @pytest.mark.slow
 def test_fsdp2_on_two_processes_matches_one_process(sft_run, tmp_path):
     """The same 8 problems per update (4 per rank, no shuffling): the same losses and weights."""
-    command = [sys.executable, "-m", "ibpo_lightning.cli", "sft",
-               *_sft_args(tmp_path, "--data.batch_size=4", "--trainer.num_sanity_val_steps=0",
-                          "--trainer.limit_val_batches=0", "--trainer.devices=2",
-                          "--trainer.strategy=lightning.pytorch.strategies.ModelParallelStrategy",
-                          "--trainer.strategy.data_parallel_size=2", "--trainer.strategy.tensor_parallel_size=1")]
-    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    _sft_on_two_processes(tmp_path)
     # fp32; summation order differs across ranks and with the thread count
     assert _losses(tmp_path) == pytest.approx(_losses(sft_run), rel=1e-4)
     two, _ = load_policy(str(tmp_path / "export"))
