@@ -8,8 +8,10 @@
 Each run is ``ibpo fit -c <study config> [-c configs/estimators/<name>.yaml]`` in its own process,
 CSV logs under ``<root>/<estimator>/seed<k>``, with the per-group gradient noise logged every
 ``--noise-every`` steps (``model.grad_noise_every``). A finished run leaves a ``done`` file and a
-rerun skips it, so a long study can be stopped and continued at any point (an interrupted run
-starts over). A study from a model directory records its weights' sha256 in
+rerun skips it, so a long study can be stopped and continued at any point: a run checkpoints every
+``--ckpt-every`` steps and when interrupted (under ``runs/study_checkpoints/``, outside the
+repository, deleted when it finishes), and a rerun resumes it from there, its logs joined
+(``merge_parts``); a run stopped before its first checkpoint starts over. A study from a model directory records its weights' sha256 in
 ``<root>/start_model.sha256`` at its first run and refuses to go on from other weights.
 ``report`` reads those logs.
 """
@@ -17,8 +19,11 @@ starts over). A study from a model directory records its weights' sha256 in
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
+import json
 import math
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,6 +38,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import yaml  # noqa: E402
 
+from ibpo_lightning.checkpointing import find_last  # noqa: E402
 from ibpo_lightning.diagnostics.run_logs import read_series  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,13 +125,29 @@ def run(args) -> None:
     for seed in args.seeds:
         for name in args.estimators:
             out = run_dir(args.root, name, seed)
-            if finished(out) and not args.force:
+            checkpoints = args.checkpoints / args.study / name / f"seed{seed}"
+            last = find_last(checkpoints) if checkpoints.is_dir() else None  # last.ckpt, or interrupted.ckpt if newer
+            resuming = last is not None and not args.force and not (out / "done").exists()
+            if finished(out) and not args.force and not resuming:
                 print(f"skip {out}: finished", flush=True)
                 continue
-            (out / "csv" / "metrics.csv").unlink(missing_ok=True)  # an interrupted run starts over
+            if resuming:  # the logger deletes metrics.csv at start: keep what the run logged so far
+                parts = sorted((out / "csv").glob("metrics.part*.csv"))
+                (out / "csv" / "metrics.csv").rename(out / "csv" / f"metrics.part{len(parts)}.csv")
+            else:  # a run interrupted before its first checkpoint starts over
+                shutil.rmtree(checkpoints, ignore_errors=True)
+                for old in (out / "csv").glob("metrics*.csv"):
+                    old.unlink()
             configs, overrides = study.estimators[name]
             logger = ('[{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": '
                       f'{{"save_dir": "{out}", "name": "csv", "version": "", "flush_logs_every_n_steps": 1}}}}]')
+            # checkpoints outside the repository, every --ckpt-every steps and on an interruption
+            callbacks = json.dumps([
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                 "init_args": {"dirpath": str(checkpoints), "save_last": True, "save_top_k": 0,
+                               "every_n_train_steps": args.ckpt_every}},
+                {"class_path": "ibpo_lightning.checkpointing.InterruptCheckpoint",
+                 "init_args": {"dirpath": str(checkpoints)}}])
             cmd = [sys.executable, "-m", "ibpo_lightning.cli", "fit", "-c", study.config]
             for c in configs:
                 cmd += ["-c", c]
@@ -135,20 +157,45 @@ def run(args) -> None:
                 cmd += ["--model.optimizer.init_args.lr", str(args.lr)]
             # the held-out pass before training is the same decode of the same model in every run:
             # only the study's first run makes it; the report reuses its value
-            first = not has_start_eval(args.root)
+            first = not has_start_eval(args.root) and not resuming
             cmd += study.overrides + overrides + [
                 "--trainer.num_sanity_val_steps", "-1" if first else "0",
                 "--trainer.val_check_interval", str(args.val_every or args.steps),
                 "--seed_everything", str(seed), "--data.seed", str(seed), "--rollout.seed", str(seed),
                 "--data.steps", str(args.steps), "--model.grad_noise_every", str(args.noise_every),
                 "--trainer.default_root_dir", str(out), "--trainer.logger", logger,
-                "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false",
-                "--trainer.enable_progress_bar", "false"]
+                "--trainer.callbacks", callbacks, "--trainer.enable_progress_bar", "false"]
+            if resuming:
+                cmd += ["--ckpt_path", str(last)]
             start = time.time()
-            print(f"run {name} seed {seed}: {' '.join(cmd)}", flush=True)
+            print(f"{'resume' if resuming else 'run'} {name} seed {seed}: {' '.join(cmd)}", flush=True)
             subprocess.run(cmd, check=True)
+            merge_parts(out / "csv")
+            shutil.rmtree(checkpoints, ignore_errors=True)
             (out / "done").write_text(f"{time.time() - start:.0f} s\n")
             print(f"done {name} seed {seed} in {time.time() - start:.0f} s", flush=True)
+
+
+def merge_parts(csv_dir: Path) -> None:
+    """Join the logs of a run that was resumed (``metrics.part<k>.csv``, oldest first) and of its last
+    attempt (``metrics.csv``) into ``metrics.csv``: of each earlier part, the rows logged before the
+    next attempt's first step (a resumed run repeats the steps after its checkpoint)."""
+    parts = sorted(csv_dir.glob("metrics.part*.csv"), key=lambda p: int(p.stem.removeprefix("metrics.part")))
+    if not parts:
+        return
+    files = [*parts, csv_dir / "metrics.csv"]
+    tables = [list(csv.DictReader(f.open())) for f in files]
+    rows = []
+    for table, after in zip(tables, tables[1:] + [None]):
+        begin = min((float(r["step"]) for r in after), default=math.inf) if after is not None else math.inf
+        rows += [r for r in table if float(r["step"]) < begin]
+    keys = sorted({k for r in rows for k in r})
+    with (csv_dir / "metrics.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    for part in parts:
+        part.unlink()
 
 
 def noise_series(series: dict, every: int = 5) -> list[tuple[float, float]]:
@@ -272,6 +319,9 @@ def main() -> None:
     parser.add_argument("--model", default="runs/sft_chain/export", help="model.model where the study starts from one")
     parser.add_argument("--lr", type=float, default=None, help="the learning rate (default: the config's)")
     parser.add_argument("--force", action="store_true", help="rerun runs that already finished")
+    parser.add_argument("--ckpt-every", type=int, default=5, help="checkpoint every this many steps (a rerun resumes)")
+    parser.add_argument("--checkpoints", type=Path, default=ROOT / "runs" / "study_checkpoints",
+                        help="where unfinished runs keep their checkpoints")
     parser.add_argument("--out", type=Path, default=None, help="the plot (default: docs/img/study_<study>.png)")
     args = parser.parse_args()
     study = STUDIES[args.study]

@@ -130,3 +130,42 @@ def test_engine_fidelity_distance_and_a_run_on_the_tiny_model():
                           "--engines", "hf", "--positions", "2", "--samples", "20", "--max-prob", "2"],
                          capture_output=True, text=True, check=True, cwd=ROOT).stdout
     assert "2 positions" in out and "hf engine" in out and "other format" in out, out
+
+
+def test_an_interrupted_study_run_resumes_from_its_checkpoint_and_joins_its_logs(tmp_path, monkeypatch):
+    study = _script("study")
+    root, checkpoints = tmp_path / "study", tmp_path / "ckpt"
+    commands = []
+
+    def attempt(first_step: int, last_step: int, interrupted: bool):
+        def fake_run(cmd, check):
+            commands.append(cmd)
+            out = Path(cmd[cmd.index("--trainer.default_root_dir") + 1]) / "csv"
+            out.mkdir(parents=True, exist_ok=True)
+            with open(out / "metrics.csv", "w", newline="") as f:
+                w = csv.DictWriter(f, ["step", "policy_version", "train/reward_mean"])
+                w.writeheader()
+                w.writerows({"step": k, "policy_version": k + 1, "train/reward_mean": k / 10}
+                            for k in range(first_step, last_step))
+            if interrupted:  # the run saved a checkpoint at step 5, then the study was stopped
+                last = checkpoints / "quickstart" / "grpo" / "seed0" / "last.ckpt"
+                last.parent.mkdir(parents=True, exist_ok=True)
+                last.write_bytes(b"state")
+                raise KeyboardInterrupt
+        monkeypatch.setattr(study.subprocess, "run", fake_run)
+
+    monkeypatch.setattr(sys, "argv", ["study.py", "run", "--root", str(root), "--seeds", "0", "--estimators", "grpo",
+                                      "--checkpoints", str(checkpoints), "--steps", "10"])
+    attempt(0, 7, interrupted=True)
+    with pytest.raises(KeyboardInterrupt):
+        study.main()
+    attempt(5, 10, interrupted=False)
+    study.main()
+    first, second = commands
+    assert "--ckpt_path" not in first and second[second.index("--ckpt_path") + 1].endswith("seed0/last.ckpt")
+    assert second[second.index("--trainer.num_sanity_val_steps") + 1] == "0"  # the start was measured before
+    run = root / "grpo" / "seed0"
+    rows = list(csv.DictReader(open(run / "csv" / "metrics.csv")))
+    assert [int(r["step"]) for r in rows] == list(range(10))  # steps 5 and 6 from the resumed attempt only
+    assert (run / "done").exists() and not list(checkpoints.rglob("*.ckpt"))  # deleted once finished
+    assert not list((run / "csv").glob("metrics.part*.csv"))
