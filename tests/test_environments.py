@@ -261,101 +261,30 @@ def test_an_estimator_that_cannot_continue_episodes_refuses_an_environment(tmp_p
                  f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false", "--trainer.max_steps=1"])
 
 
-def test_credit_localisation_refuses_episodes(tmp_path):
-    from ibpo_lightning.cli import run_cli
+def test_credit_localisation_reads_the_models_own_lines_in_an_episode():
+    """A calculator episode whose second line is wrong: the error is found in the model's text with
+    the tool calls and tool turns left out, at the token where that line starts."""
+    from ibpo_lightning.diagnostics.credit import model_text
+    from ibpo_lightning.sft.data import encode_episode
+    from ibpo_lightning.tasks import ChainTask
 
-    with pytest.raises(ValueError, match="CreditLocalisation locates errors in single-turn answers"):
-        run_cli(["fit", "-c", "configs/tiny.yaml", "-c", "configs/estimators/grpo.yaml",
-                 "-c", "configs/environments/calculator.yaml", "--data.task=ibpo_lightning.tasks.ChainTask",
-                 "--trainer.callbacks+=ibpo_lightning.diagnostics.CreditLocalisation",
-                 f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false", "--trainer.max_steps=1"])
-
-
-# -- turns as steps: resets and probes continue episodes ------------------------------------------------
-class AnswersTwo:
-    system_prompt = None
-
-    def score(self, completions, answers):
-        return [float(c.startswith("Answer: 2")) for c in completions]
-
-
-def scored_episodes(sampler):
-    batch = sampler.sample_groups([Problem("count", "2"), Problem("again", "2")], None)
-    fresh, batch.trajectories = batch.trajectories, []
-    batch.add_scored(fresh, AnswersTwo())
-    return batch
-
-
-@pytest.mark.parametrize("cut_turn", [1, 2])
-def test_resets_replay_the_environment_and_play_the_episode_on(cut_turn):
-    from ibpo_lightning.estimators import RRPO
-    from ibpo_lightning.types import Kind
-
-    sampler, _, tok = scripted_sampler()
-    batch = scored_episodes(sampler)
-    parent = batch.trajectories[0]  # one call, answers 1: wrong
-    assert parent.reward == 0.0 and len(parent.turn_ends) == 2
-    rrpo = RRPO(n_resets=3)
-    rrpo.reset_points = lambda batch, parents, sampler, task: [cut_turn] * len(parents)
-    rrpo.plan(batch, sampler, AnswersTwo())
-    resets = [t for t in batch.trajectories if t.kind == Kind.RESET_SUFFIX and t.parent == 0]
-    assert len(resets) == 3 and parent.step_boundaries == (parent.env_spans[0][1],)  # turns are the steps
-    cut = (0, *parent.step_boundaries)[cut_turn - 1]
-    for t in resets:
-        assert t.prefix_len == cut and t.response_ids[:cut] == parent.response_ids[:cut]
-        # the k-th tool turn reads k (the script adds 1 to the results it has read), across the
-        # prefix and the continuation; the episode answers with the last result
-        tools = [tok.decode(t.response_ids[a:b]) for a, b in t.env_spans]
-        assert tools == [f"\n<|im_start|>tool\n{k + 1}<|im_end|>\n<|im_start|>assistant\n" for k in range(len(tools))]
-        assert t.turn_ends[-1] == len(t.response_ids) and t.answer_text.startswith(f"Answer: {len(tools)}")
-        if cut_turn == 2:  # the prefix keeps the parent's first turn and tool answer
-            assert t.env_spans[0] == parent.env_spans[0] and t.turn_ends[0] == parent.turn_ends[0]
-    assert len({len(t.env_spans) for t in resets}) > 1  # the episodes went on differently
-    batch.collate(pad_id=tok.pad_token_id)
-    adv, weights = rrpo.assign(batch)
-    weights = batch.model_tokens_only(weights)
-    assert (weights[batch.env_mask] == 0).all() and (batch.response_mask[batch.env_mask] == 0).all()
-
-
-def test_probes_value_the_turns_of_episodes():
-    from ibpo_lightning.estimators import VinePPO
-    from ibpo_lightning.types import Kind
-
-    sampler, _, _ = scripted_sampler()
-    batch = scored_episodes(sampler)
-    vine = VinePPO(n_probes=2)
-    vine.plan(batch, sampler, AnswersTwo())
-    fresh = [t for t in batch.trajectories if t.kind == Kind.FRESH]
-    probes = [t for t in batch.trajectories if t.kind == Kind.PROBE]
-    starts = {b for t in fresh for _, b in t.env_spans if b < len(t.response_ids)}
-    assert {t.prefix_len for t in probes if t.parent >= 0} <= starts and probes
-    batch.collate(pad_id=sampler.tokenizer.pad_token_id)
-    adv, weights = vine.assign(batch)
-    assert (batch.model_tokens_only(weights)[batch.env_mask] == 0).all() and adv.abs().sum() > 0
-
-
-@pytest.mark.parametrize("train_on_revision", [False, True])
-def test_ibpo_repairs_episodes_with_the_tools(train_on_revision):
-    from ibpo_lightning.estimators import IBPO
-    from ibpo_lightning.types import Kind
-
-    sampler, _, tok = scripted_sampler()
-    batch = scored_episodes(sampler)
-    ibpo = IBPO(n_refs=1, train_on_revision=train_on_revision, mask_granularity="step")
-    ibpo.plan(batch, sampler, AnswersTwo())
-    revisions = [t for t in batch.trajectories if t.kind == Kind.REVISION]
-    assert revisions and all(t.turn_ends for t in revisions)  # each repair is an episode
-    assert any(t.env_spans for t in revisions)  # ... that used the calculator
-    wrong = batch.trajectories[revisions[0].parent]
-    assert "<|im_start|>" not in wrong.response_text and "tool\n1" in wrong.response_text  # the prompt shows it as text
-    rerooted = [t for t in batch.trajectories if t.kind == Kind.REROOTED_REVISION]
-    assert any(t.reward == 1.0 for t in revisions)  # a repair that copies attempt B's two calls is right
-    assert bool(rerooted) == train_on_revision and all(t.env_spans == batch.trajectories[t.parent].env_spans
-                                                       for t in rerooted)
-    batch.collate(pad_id=tok.pad_token_id)
-    if train_on_revision:
-        batch.notes[IBPO.REVISION_WEIGHTS] = {i: torch.ones(len(batch.trajectories[i].response_ids))
-                                              for i in batch.rows(lambda t: t.kind == Kind.REROOTED_REVISION)}
-    adv, weights = ibpo.assign(batch)
-    weights = batch.model_tokens_only(weights)
-    assert (weights[batch.env_mask] == 0).all() and (weights > 0).any()
+    tok = load_tokenizer("smollm2-135m-instruct")
+    task = ChainTask(num_steps=3, solution_format="calculator", num_train=1, num_heldout=1)
+    problem = task.train_problems()[0]
+    lines = [line for line in problem.solution.split("\n")]
+    expression, value = lines[1].split("</tool_call>")[1].split(" = ")
+    wrong_line = f"{expression} = {int(value) + 1}"
+    solution = problem.solution.replace(lines[1].split("</tool_call>")[1], wrong_line)
+    e = encode_episode(tok, Problem(problem.prompt, problem.answer, solution), None, Calculator(), TurnFormat(tok, "tool"))
+    t = Trajectory(e.prompt_ids, e.response_ids, [0.0] * len(e.response_ids), "q", "r", group=0,
+                   env_spans=e.env_spans, turn_ends=(len(e.response_ids),))
+    tokens, text, owner = model_text(tok, t)
+    assert "<tool_call>" not in text and "<|im_end|>" not in text and "tool" not in text
+    assert text.split("\n")[1] == wrong_line and all(not any(a <= k < b for a, b in e.env_spans) for k in tokens)
+    offset = task.first_error(problem.prompt, text)
+    assert offset == len(text.split("\n")[0]) + 1  # the second line
+    token = tokens[owner[offset]]
+    assert tok.decode(t.response_ids[token:token + 3]).startswith(expression[:2])
+    assert token == e.env_spans[1][1]  # the first token of the third turn, after the second tool answer
+    single = Trajectory([1], [5, 6, 7], [0.0] * 3, "q", "r", group=0)  # single-turn: every token, as it reads
+    assert model_text(tok, single)[0] == [0, 1, 2]

@@ -11,12 +11,15 @@ rows' tokens from the error on, the value an estimator that smears one number ov
 the error on, token before it), the probability that the later token carries more blame (negative
 credit) than the earlier one, ties counting half; 0.5 for one number on every token, 1 for blame
 only from the error on. It is the mean over rows that have negative credit and tokens on both
-sides. A reset row's shared prefix counts as its tokens (its credit there is zero).
+sides. A reset row's shared prefix counts as its tokens (its credit there is zero). In a
+multi-turn episode only the model's tokens count, and the error is found in its own text
+(``model_text``: tool calls and the environment's turns left out).
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 from lightning.pytorch import Callback
 
@@ -53,6 +56,31 @@ def row_localisation(credit: list[float], error: int) -> tuple[float, float, flo
     return sum(blame[error:]) / sum(blame), (len(credit) - error) / len(credit), after_error_auc(credit, error)
 
 
+_CALL = re.compile(r"<tool_call>.*?</tool_call>", re.DOTALL)
+
+
+def model_text(tokenizer, t) -> tuple[list[int], str, list[int]]:
+    """The response tokens the model wrote, the text ``first_error`` reads, and for each character
+    of it the index (into those tokens) of the token it belongs to. A single-turn answer is its
+    tokens' text. In a multi-turn episode the environment's tokens are left out, and so are the
+    model's tool calls and special tokens, so that its own lines read as a single-turn answer."""
+    spans = t.env_spans
+    tokens = [k for k in range(len(t.response_ids)) if not any(a <= k < b for a, b in spans)]
+    pieces = token_texts(tokenizer, [t.response_ids[k] for k in tokens])
+    owner = [k for k, piece in enumerate(pieces) for _ in piece]
+    text = "".join(pieces)
+    if not t.turn_ends:
+        return tokens, text, owner
+    hidden = {c for m in _CALL.finditer(text) for c in range(m.start(), m.end())}
+    for special in tokenizer.all_special_tokens:
+        at = text.find(special)
+        while at >= 0:
+            hidden.update(range(at, at + len(special)))
+            at = text.find(special, at + 1)
+    keep = [c for c in range(len(text)) if c not in hidden]
+    return tokens, "".join(text[c] for c in keep), [owner[c] for c in keep]
+
+
 class CreditLocalisation(Callback):
     """Logs ``credit/*`` every step; with ``path``, appends one JSON line per located row
     (step, kind, error token, per-token credit) for plots."""
@@ -66,11 +94,6 @@ class CreditLocalisation(Callback):
             raise ValueError(f"CreditLocalisation needs a task with first_error(problem, response); "
                              f"{type(task).__name__} has none (use ibpo_lightning.tasks.ChainTask)")
 
-    def on_fit_start(self, trainer, pl_module) -> None:
-        if pl_module.parts.sampler.environment is not None:  # the host's declared parts (wiring.RunParts)
-            raise ValueError("CreditLocalisation locates errors in single-turn answers; it does not read multi-turn "
-                             "episodes yet: drop it or rollout.environment")
-
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         batch = outputs["rollout"]  # the step's RolloutBatch (``PolicyModule.training_step``)
         task, tokenizer = trainer.datamodule.task, pl_module.tokenizer
@@ -78,17 +101,14 @@ class CreditLocalisation(Callback):
         for i, t in enumerate(batch.trajectories):
             if t.reward >= 1.0 or not bool(batch.loss_weights[i].any()):
                 continue
-            pieces = token_texts(tokenizer, t.response_ids)
-            offset = task.first_error(batch.problems[t.group], "".join(pieces))
+            tokens, text, owner = model_text(tokenizer, t)
+            offset = task.first_error(batch.problems[t.group], text)
             if offset is None:
                 continue
-            ends, total = [], 0
-            for piece in pieces:
-                total += len(piece)
-                ends.append(total)
-            error = next((k for k, end in enumerate(ends) if end > offset), len(pieces))
+            error = owner[offset] if offset < len(owner) else len(tokens)
             start = len(t.prompt_ids)
-            credit = (batch.advantages[i] * batch.loss_weights[i])[start:start + len(pieces)].tolist()
+            row_credit = (batch.advantages[i] * batch.loss_weights[i])[start:start + len(t.response_ids)].tolist()
+            credit = [row_credit[k] for k in tokens]
             row = row_localisation(credit, error)
             if row is not None:
                 shares.append(row[0])
