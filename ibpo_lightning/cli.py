@@ -149,7 +149,8 @@ def leave_process_group() -> None:
     active exception", status -6, seen once in CI), which the launcher reports as a failed run."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
+    # one process: the group (if any) is vLLM's own, which its engine ends at exit itself
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
         dist.destroy_process_group()
 

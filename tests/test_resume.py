@@ -57,6 +57,7 @@ def _records(root: Path) -> list[dict]:
 def _run(root: Path, *extra: str) -> None:
     proc = subprocess.run(_command(root, *extra), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]  # not even at exit (vLLM's shutdown)
 
 
 def _kill_after(root: Path, finished_steps: int, *extra: str) -> None:
