@@ -170,3 +170,10 @@ def test_stored_precision_runs_print_the_published_rows():
     rows = [line for line in out.splitlines() if line.startswith("| ")]
     published = (ROOT / "docs" / "benchmarks.md").read_text()
     assert len(rows) == 15 and [r for r in rows if r not in published] == []  # 4 runs and 2 phase tables, headers
+
+
+def test_stored_quickstart_study_prints_the_published_rows(tmp_path):
+    out = _run("scripts/study.py", "report", "--out", str(tmp_path / "study.png"))
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    published = (ROOT / "docs" / "results.md").read_text()
+    assert len(rows) == 6 and [r for r in rows if r not in published] == []  # header, 5 estimators
