@@ -10,8 +10,10 @@ seed 0 with ``--trained-lengths``, ``--operators``, ``--max-value`` and ``--held
 drawn chains, never among its training chains; ``configs/sft_chain*.yaml``: 300 of 2-3 steps, up
 to 20, ``+-*``), chains of other lengths were never trained on. With ``--tool`` each
 answer is a multi-turn episode with ``Calculator`` and the system prompt of
-``configs/environments/calculator.yaml``; the record counts tool calls per episode and the share
-of malformed calls. Accuracy is ``ChainTask.verify`` on the last turn.
+``configs/environments/calculator.yaml``; the record counts tool calls per episode, the share of
+episodes with one call per step and of malformed calls, and where the wrong answers first go wrong
+(``ChainTask.first_error`` on the model's own lines). Accuracy is ``ChainTask.verify`` on the last
+turn.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from pathlib import Path
 import yaml
 
 from ibpo_lightning.diagnostics import bench_record
+from ibpo_lightning.diagnostics.credit import model_text
 from ibpo_lightning.environments import Calculator
 from ibpo_lightning.models import load_policy
 from ibpo_lightning.rollout import HFEngine, Sampler
 from ibpo_lightning.tasks import ChainTask
+from ibpo_lightning.types import Trajectory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +61,9 @@ def measure(args) -> list[dict]:
         texts = [getattr(a, "answer_text", a.text) for a in answers]
         right = task.verify(texts, [p.answer for p in problems])
         counts = sampler.episode_counts
-        rows.append({"steps": length, "trained_length": trained, "problems": len(problems), "accuracy": sum(right) / len(problems),
+        wrong = [(p, a) for p, a, ok in zip(problems, answers, right) if not ok]
+        rows.append({**failures(tokenizer, task, length, wrong), "calls_equal_steps":
+                     sum(getattr(a, "tool_calls", 0) == length for a in answers) / len(problems),"steps": length, "trained_length": trained, "problems": len(problems), "accuracy": sum(right) / len(problems),
                      "tool_calls_per_episode": counts.get("tool_calls", 0) / len(problems),
                      "malformed_share": counts.get("malformed_calls", 0) / max(counts.get("tool_calls", 0), 1),
                      "turns_per_episode": counts.get("turns", len(problems)) / len(problems),
@@ -68,13 +74,32 @@ def measure(args) -> list[dict]:
     return rows
 
 
+def failures(tokenizer, task: ChainTask, length: int, wrong: list) -> dict:
+    """Where the wrong answers go wrong: the first wrong line of the model's own text (tool calls and
+    the tool's turns left out, ``diagnostics.credit.model_text``), 1-based, ``length + 1`` for the
+    ``Answer:`` line; and the first two wrong answers' text."""
+    lines: dict[str, int] = {}
+    for problem, answer in wrong:
+        row = Trajectory([], answer.token_ids, answer.logprobs, "", answer.text, group=0,
+                         env_spans=getattr(answer, "env_spans", ()), turn_ends=getattr(answer, "turn_ends", ()))
+        _, text, _ = model_text(tokenizer, row)
+        offset = task.first_error(problem.prompt, text)
+        line = "right lines" if offset is None else str(text[:offset].count("\n") + 1)
+        lines[line] = lines.get(line, 0) + 1
+    return {"first_wrong_line": dict(sorted(lines.items())), "wrong_examples": [a.text for _, a in wrong[:2]]}
+
+
 def table(record: dict) -> str:
     lines = [bench_record.describe(record), "",
-             "| steps | problems | greedy accuracy | tool calls / episode | malformed calls | model tokens / episode |",
-             "|---|---|---|---|---|---|"]
+             "| steps | problems | greedy accuracy | tool calls / episode | one call per step | malformed calls "
+             "| model tokens / episode | first wrong line of the wrong answers |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in record["results"]:
-        lines.append(f"| {r['steps']}{'' if r['trained_length'] else ' (not trained)'} | {r['problems']} | {100 * r['accuracy']:.1f}% | {r['tool_calls_per_episode']:.2f} "
-                     f"| {100 * r['malformed_share']:.1f}% | {r['model_tokens_per_episode']:.0f} |")
+        where = ", ".join(f"{k}: {v}" for k, v in r.get("first_wrong_line", {}).items()) or "—"
+        lines.append(f"| {r['steps']}{'' if r['trained_length'] else ' (not trained)'} | {r['problems']} "
+                     f"| {100 * r['accuracy']:.1f}% | {r['tool_calls_per_episode']:.2f} "
+                     f"| {100 * r.get('calls_equal_steps', 0):.0f}% | {100 * r['malformed_share']:.1f}% "
+                     f"| {r['model_tokens_per_episode']:.0f} | {where} |")
     return "\n".join(lines)
 
 
