@@ -118,14 +118,16 @@ def main() -> None:
         path = args.root / name / "credit.jsonl" if args.report_only else run(name, args.steps, args.root, args.seed, args.noise_every)
         results[name] = [json.loads(line) for line in path.read_text().splitlines()]
 
+    noise = {name: noise_text(args.root / name) for name in results}
+    with_noise = any(v != "n/a" for v in noise.values())  # runs with --noise-every 0 have none
     print("| estimator | failed rows located | with negative credit | negative credit from the first error on "
-          "| tokens from the first error on | negative credit per token, before / after the error (1 = uniform) "
-          "| gradient noise/signal per group (mean of steps) |")
-    print("|---|---|---|---|---|---|---|")
+          "| tokens from the first error on | negative credit per token, before / after the error (1 = uniform) |"
+          + (" gradient noise/signal per group (mean of steps) |" if with_noise else ""))
+    print("|---|---|---|---|---|---|" + ("---|" if with_noise else ""))
     stats = {name: summarise(r) for name, r in results.items()}
     for name, s in stats.items():
         print(f"| {name.upper()} | {s['rows']} | {s['rows_negative']} | {s['share']:.3f} | {s['token_share']:.3f} "
-              f"| {s['before_density']:.2f} / {s['after_density']:.2f} | {noise_text(args.root / name)} |")
+              f"| {s['before_density']:.2f} / {s['after_density']:.2f} |" + (f" {noise[name]} |" if with_noise else ""))
 
     fig, (ax_bar, ax_prof) = plt.subplots(1, 2, figsize=(12, 4.2))
     names = list(stats)

@@ -177,3 +177,11 @@ def test_stored_quickstart_study_prints_the_published_rows(tmp_path):
     rows = [line for line in out.splitlines() if line.startswith("| ")]
     published = (ROOT / "docs" / "results.md").read_text()
     assert len(rows) == 6 and [r for r in rows if r not in published] == []  # header, 5 estimators
+
+
+def test_stored_credit_localisation_prints_the_published_rows(tmp_path):
+    out = _run("scripts/credit_localisation.py", "--report-only", "--root", str(DATA / "credit_localisation"),
+               "--out", str(tmp_path / "credit.png"))
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    published = (ROOT / "docs" / "results.md").read_text()
+    assert len(rows) == 9 and [r for r in rows if r not in published] == []  # header, 8 estimators
