@@ -185,3 +185,10 @@ def test_stored_credit_localisation_prints_the_published_rows(tmp_path):
     rows = [line for line in out.splitlines() if line.startswith("| ")]
     published = (ROOT / "docs" / "results.md").read_text()
     assert len(rows) == 9 and [r for r in rows if r not in published] == []  # header, 8 estimators
+
+
+def test_stored_tool_chains_print_the_published_rows():
+    out = _run("scripts/tool_chains.py", "--report", str(DATA / "tool_chains" / "sft_calculator.json"))
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    published = (ROOT / "docs" / "results.md").read_text()
+    assert len(rows) == 5 and [r for r in rows if r not in published] == []  # header, 4 lengths
