@@ -13,6 +13,7 @@ from ibpo_lightning.rollout import vllm_engine as vllm_engine_module
 
 needs_vllm = pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed")
 QUESTIONS = ["What is 3 + 4?", "Name a colour.", "What is 12 + 9?", "Say hello in French."]
+ENGINES_KEPT: list = []  # engines a test made beside the shared one, alive until the module ends
 
 
 def chat(tok, text):
@@ -258,6 +259,9 @@ def test_bf16_engine_samples_what_the_bf16_trainer_scores(smollm):
     the trainer's bf16-autocast scores (its fp32 weights cast in by ``bind``'s weight sync)."""
     model, tok, _, _ = smollm
     engine = VLLMEngine(max_model_len=256, seed=1)
+    # kept until the module ends: an in-process vLLM engine's shutdown ends the process-wide
+    # parallel groups, which the module's shared engine (the smollm fixture) still uses
+    ENGINES_KEPT.append(engine)
     engine.bind(model, tok, torch.bfloat16)
     config = engine.llm.llm_engine.model_config
     assert config.dtype == torch.bfloat16
