@@ -83,6 +83,16 @@ class Trajectory:
         """What the task's reward reads (see ``answer_text``)."""
         return self.response_text if self.answer_text is None else self.answer_text
 
+    @property
+    def turn_starts(self) -> tuple[int, ...]:
+        """Response-token offset where each model turn starts: 0, then after each environment span."""
+        return (0, *(b for _, b in self.env_spans))
+
+    @property
+    def model_tokens(self) -> int:
+        """Response tokens the model wrote (an episode's environment tokens left out)."""
+        return len(self.response_ids) - sum(b - a for a, b in self.env_spans)
+
 
 @dataclass
 class RolloutBatch:

@@ -58,7 +58,7 @@ def measure(args) -> list[dict]:
         prompts = [sampler.encode(p.prompt, task.system_prompt) for p in problems]
         sampler.episode_counts, start = {}, time.perf_counter()
         answers = [g[0] for g in sampler.answer(problems, prompts, 1, temperature=0.0)]
-        texts = [getattr(a, "answer_text", a.text) for a in answers]
+        texts = [a.scored_text for a in answers]
         right = task.verify(texts, [p.answer for p in problems])
         counts = sampler.episode_counts
         wrong = [(p, a) for p, a, ok in zip(problems, answers, right) if not ok]

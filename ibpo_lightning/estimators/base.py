@@ -48,8 +48,9 @@ class Estimator(Callback, ABC):
     """Whether the method compares samples of one prompt (then a group needs >= 2 samples)."""
 
     multi_turn: bool = True
-    """Whether the method credits multi-turn episodes (``rollout.environment``); False for a method
-    whose extra rollouts cannot continue an episode (IBPO's repair prompts)."""
+    """Whether the method credits multi-turn episodes (``rollout.environment``); every built-in one
+    does. A method whose extra rollouts cannot continue an episode sets False and is refused
+    at start-up with an environment."""
 
     seed: int = 0
     """Seed of the estimator's random choices (combined with each step's ``batch.seed``)."""

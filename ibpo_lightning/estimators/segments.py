@@ -82,7 +82,7 @@ def steps(tokenizer, t: Trajectory, delimiter: str | None, size: int | None = No
     """Step boundaries of a row: the starts of its model turns after the first for a multi-turn
     episode (turns are its steps), else ``segment``'s."""
     if t.turn_ends:
-        return tuple(b for _, b in t.env_spans if b < len(t.response_ids))
+        return tuple(b for b in t.turn_starts[1:] if b < len(t.response_ids))
     return segment(tokenizer, t.response_ids, delimiter, size)
 
 

@@ -33,7 +33,7 @@ def sample_correctness(sampler, task: Task, problems: Sequence[Problem], samples
     prompts = [sampler.encode(p.prompt, task.system_prompt) for p in problems]
     groups = sampler.answer(problems, prompts, samples, temperature=temperature,
                             max_new_tokens=max_new_tokens, kind=GenerationKind.VALIDATION)
-    completions = [getattr(s, "answer_text", s.text) for group in groups for s in group]  # an episode: its last turn
+    completions = [s.scored_text for group in groups for s in group]  # an episode: its last turn
     answers = [p.answer for p in problems for _ in range(samples)]
     right = correctness(task, completions, answers)
     return torch.tensor(right, dtype=torch.float32).view(len(problems), samples)

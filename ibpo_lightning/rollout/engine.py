@@ -20,6 +20,11 @@ class Sample:
     finished: bool
     """True when generation ended on an end-of-sequence token, False at the length limit."""
 
+    @property
+    def scored_text(self) -> str:
+        """What a reward reads: the text (a multi-turn ``EpisodeSample``: its last turn)."""
+        return self.text
+
 
 class RolloutEngine(ABC):
     """Generates continuations of token prompts with the current policy.

@@ -74,6 +74,10 @@ class EpisodeSample(Sample):
     tool_calls: int = 0
     malformed_calls: int = 0
 
+    @property
+    def scored_text(self) -> str:
+        return self.answer_text
+
 
 @dataclass
 class _Episode:
@@ -100,7 +104,7 @@ class _Episode:
     def replay(self, row, cut: int, tokenizer) -> None:
         """Take ``row``'s first ``cut`` response tokens (a model turn's start) as this episode's
         prefix, stepping the environment through its turns so that it is where the row's was."""
-        starts = (0, *(b for _, b in row.env_spans))
+        starts = row.turn_starts
         if cut not in starts:
             raise ValueError(f"an episode continues only from the start of a model turn (offsets {starts}), not {cut}")
         for a, b in zip(starts, row.turn_ends):

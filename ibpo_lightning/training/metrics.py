@@ -14,7 +14,7 @@ def batch_metrics(batch: RolloutBatch) -> dict[str, float]:
     (``batch.stats``)."""
     fresh = batch.rows(lambda t: t.kind == Kind.FRESH)
     rewards = batch.rewards[fresh]
-    lengths = torch.tensor([_model_tokens(batch.trajectories[i]) for i in fresh], dtype=torch.float32)
+    lengths = torch.tensor([batch.trajectories[i].model_tokens for i in fresh], dtype=torch.float32)
     mask = batch.loss_weights > 0
     adv = batch.advantages[mask] if mask.any() else torch.zeros(1)
     metrics = {
@@ -48,11 +48,6 @@ def _zero_variance_share(batch: RolloutBatch) -> float:
 def _mean(values: list[float]) -> float:
     """Their mean; 0 for none (a metric must have a value on every rank and step)."""
     return sum(values) / len(values) if values else 0.0
-
-
-def _model_tokens(t) -> int:
-    """Response tokens the model wrote (an episode's environment tokens left out)."""
-    return len(t.response_ids) - sum(b - a for a, b in t.env_spans)
 
 
 def episode_metrics(counts: dict[str, int]) -> dict[str, float]:
