@@ -5,7 +5,8 @@ The program runs in the same confined child process as the code reward's tests
 (``ibpo_lightning.rewards.sandbox``: its own process group, CPU, memory and file limits, no
 network, writes only to its run directory, a wall-clock timeout). Its printed output comes back
 as the observation, or the last line of its error ("ZeroDivisionError: division by zero") when it
-raised; a timeout reads ``error: timed out``. A program that fails is a result the model sees
+raised; a program that runs out of time reads ``error: timed out`` (whichever limit stopped it
+first: the wall clock or its CPU seconds, which equal the timeout rounded up and race it). A program that fails is a result the model sees
 and learns from, never an error of the trainer.
 """
 
@@ -42,7 +43,7 @@ class PythonTool(ToolEnvironment):
         if not isinstance(code, str):
             raise ValueError("code must be a string")
         result = run_tests(code, [], config=self.config)
-        if result.status == "timeout":
+        if result.status in ("timeout", "cpu_limit"):
             return f"error: timed out after {self.config.timeout_s:g} s"
         if result.status != "ok":
             errors = [line for line in result.stderr.strip().splitlines() if line.strip()]
