@@ -13,7 +13,8 @@ rerun skips it, so a long study can be stopped and continued at any point: a run
 repository, deleted when it finishes), and a rerun resumes it from there, its logs joined
 (``merge_parts``); a run stopped before its first checkpoint starts over. A study from a model directory records its weights' sha256 in
 ``<root>/start_model.sha256`` at its first run and refuses to go on from other weights.
-``report`` reads those logs.
+``--export DIR`` keeps each run's final policy in Hugging Face format (``DIR/<study>/<estimator>/seed<k>``)
+for evaluations the study does not make. ``report`` reads the logs.
 """
 
 from __future__ import annotations
@@ -147,7 +148,10 @@ def run(args) -> None:
                  "init_args": {"dirpath": str(checkpoints), "save_last": True, "save_top_k": 0,
                                "every_n_train_steps": args.ckpt_every}},
                 {"class_path": "ibpo_lightning.checkpointing.InterruptCheckpoint",
-                 "init_args": {"dirpath": str(checkpoints)}}])
+                 "init_args": {"dirpath": str(checkpoints)}},
+                *([{"class_path": "ibpo_lightning.export.HFExport",
+                    "init_args": {"dirpath": str(args.export / args.study / name / f"seed{seed}")}}]
+                  if args.export else [])])
             cmd = [sys.executable, "-m", "ibpo_lightning.cli", "fit", "-c", study.config]
             for c in configs:
                 cmd += ["-c", c]
@@ -204,8 +208,10 @@ def noise_series(series: dict, every: int = 5) -> list[tuple[float, float]]:
 
 
 def tokens_per_step(series: dict) -> list[float]:
-    """Generated tokens of every kind, per training step (aligned with ``train/reward_mean``)."""
-    return [sum(v for k, vals in series.items() if k.startswith("tokens/") for s, v in vals if s == step)
+    """Generated tokens of every kind, per training step (aligned with ``train/reward_mean``); an
+    episode's tool results (``tokens/observation``) are read, not generated, and do not count."""
+    return [sum(v for k, vals in series.items() if k.startswith("tokens/") and k != "tokens/observation"
+                for s, v in vals if s == step)
             for step, _ in series["train/reward_mean"]]
 
 
@@ -319,6 +325,8 @@ def main() -> None:
     parser.add_argument("--model", default="runs/sft_chain/export", help="model.model where the study starts from one")
     parser.add_argument("--lr", type=float, default=None, help="the learning rate (default: the config's)")
     parser.add_argument("--force", action="store_true", help="rerun runs that already finished")
+    parser.add_argument("--export", type=Path, default=None,
+                        help="save each run's final policy in Hugging Face format under EXPORT/<study>/<estimator>/seed<k>")
     parser.add_argument("--ckpt-every", type=int, default=5, help="checkpoint every this many steps (a rerun resumes)")
     parser.add_argument("--checkpoints", type=Path, default=ROOT / "runs" / "study_checkpoints",
                         help="where unfinished runs keep their checkpoints")

@@ -155,7 +155,8 @@ def test_an_interrupted_study_run_resumes_from_its_checkpoint_and_joins_its_logs
         monkeypatch.setattr(study.subprocess, "run", fake_run)
 
     monkeypatch.setattr(sys, "argv", ["study.py", "run", "--root", str(root), "--seeds", "0", "--estimators", "grpo",
-                                      "--checkpoints", str(checkpoints), "--steps", "10"])
+                                      "--checkpoints", str(checkpoints), "--steps", "10",
+                                      "--export", str(tmp_path / "exports")])
     attempt(0, 7, interrupted=True)
     with pytest.raises(KeyboardInterrupt):
         study.main()
@@ -164,6 +165,9 @@ def test_an_interrupted_study_run_resumes_from_its_checkpoint_and_joins_its_logs
     first, second = commands
     assert "--ckpt_path" not in first and second[second.index("--ckpt_path") + 1].endswith("seed0/last.ckpt")
     assert second[second.index("--trainer.num_sanity_val_steps") + 1] == "0"  # the start was measured before
+    callbacks = json.loads(second[second.index("--trainer.callbacks") + 1])
+    assert callbacks[-1] == {"class_path": "ibpo_lightning.export.HFExport",
+                             "init_args": {"dirpath": str(tmp_path / "exports" / "quickstart" / "grpo" / "seed0")}}
     run = root / "grpo" / "seed0"
     rows = list(csv.DictReader(open(run / "csv" / "metrics.csv")))
     assert [int(r["step"]) for r in rows] == list(range(10))  # steps 5 and 6 from the resumed attempt only
