@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from ibpo_lightning.tasks.base import Problem
 
 
 class Kind(IntEnum):
@@ -101,10 +104,9 @@ class RolloutBatch:
     trajectories: list[Trajectory]
     policy_version: int
     """Number of optimizer updates of the policy that sampled this batch."""
-    problems: list[str] = field(default_factory=list)
-    """Problem text of each group (indexed by ``Trajectory.group``)."""
-    answers: list[str] = field(default_factory=list)
-    """Reference answer of each group (indexed by ``Trajectory.group``)."""
+    groups: list[Problem] = field(default_factory=list)
+    """The problem of each group (indexed by ``Trajectory.group``): its text, answer and worked
+    solution where the task has one."""
     stats: dict[str, float] = field(default_factory=dict)
     """Per-step diagnostics (timings, revision counts) logged by the module."""
     seed: int | None = None
@@ -130,6 +132,16 @@ class RolloutBatch:
     def __len__(self) -> int:
         return len(self.trajectories)
 
+    @property
+    def problems(self) -> list[str]:
+        """Problem text of each group."""
+        return [p.prompt for p in self.groups]
+
+    @property
+    def answers(self) -> list[str]:
+        """Reference answer of each group."""
+        return [p.answer for p in self.groups]
+
     def rows(self, predicate) -> list[int]:
         return [i for i, t in enumerate(self.trajectories) if predicate(t)]
 
@@ -137,7 +149,7 @@ class RolloutBatch:
         """Score ``rows`` with ``task`` against their groups' answers, set their rewards and
         append them; returns the rewards."""
         rewards = [float(r) for r in task.score([t.scored_text for t in rows],
-                                                [self.answers[t.group] for t in rows])] if rows else []
+                                                [self.groups[t.group].answer for t in rows])] if rows else []
         for t, r in zip(rows, rewards):
             t.reward = r
         self.trajectories.extend(rows)

@@ -10,7 +10,7 @@ from ibpo_lightning.models.sharding import full_tensors
 from ibpo_lightning.rollout import HFEngine
 from ibpo_lightning.rollout.callback import RolloutCallback
 from ibpo_lightning.rollout.engine import Sample
-from ibpo_lightning.tasks import ArithmeticTask
+from ibpo_lightning.tasks import ArithmeticTask, Problem
 from ibpo_lightning.types import Kind, RolloutBatch, Trajectory
 
 
@@ -30,8 +30,7 @@ def traj(group, reward, response=(5, 6, 7), prompt=(1, 2), **kw) -> Trajectory:
 
 def batch_of(trajs, n_groups=None) -> RolloutBatch:
     n_groups = n_groups or (max(t.group for t in trajs) + 1)
-    batch = RolloutBatch(list(trajs), policy_version=0, problems=[f"p{g}" for g in range(n_groups)],
-                         answers=["1"] * n_groups)
+    batch = RolloutBatch(list(trajs), policy_version=0, groups=[Problem(f"p{g}", "1") for g in range(n_groups)])
     return batch.collate(pad_id=0)
 
 

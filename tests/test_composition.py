@@ -19,7 +19,8 @@ import torch
 
 ROOT = Path(__file__).parents[1]
 OVERLAYS = sorted(p.stem for p in (ROOT / "configs/estimators").glob("*.yaml"))
-MULTI_TURN = ["grpo", "ibpo", "ibpo_revision", "rrpo", "vineppo"]  # sequence credit, repairs, resets and probes
+# sequence credit, repairs, resets and probes, token credit from the group (statistics, prefix tree, entropy)
+MULTI_TURN = ["grpo", "ibpo", "ibpo_revision", "rrpo", "vineppo", "ktae", "tempo", "forking"]
 NEEDS_REFERENCE = {"reinforce_pp", "reinforce_pp_baseline"}  # KL in the reward; no overlay puts KL in the loss
 LAUNCH = {
     "one": ([], [], "SingleDeviceStrategy", 1),
@@ -98,15 +99,17 @@ def test_dynamic_sampling_with_ibpo_under(strategy, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
-def test_credit_localisation_and_blame_only_ibpo_under(strategy, tmp_path):
+def test_credit_localisation_and_solution_guided_blame_only_ibpo_under(strategy, tmp_path):
     """``CreditLocalisation`` (its AUC included) on the chain task and IBPO with
-    ``repaired_credit: blame``, on 2 processes: every rank logs the same rank-averaged metrics."""
+    ``repaired_credit: blame``, its repair prompts showing a sibling and the chain's worked solution,
+    on 2 processes: every rank logs the same rank-averaged metrics."""
     rows = _one_step(strategy, tmp_path, 20, "ibpo", "--data.task=ibpo_lightning.tasks.ChainTask",
-                     "--estimator.init_args.repaired_credit=blame",
+                     "--estimator.init_args.repaired_credit=blame", "--estimator.init_args.reference=both",
                      "--trainer.callbacks+=ibpo_lightning.diagnostics.CreditLocalisation")
     for row in rows:
         assert row["credit"]["credit/rows_located"] > 0  # the tiny random model gets every chain wrong
         assert "ibpo/repaired_positive" in row["estimator_metrics"]
+        assert row["estimator_metrics"]["ibpo/revisions"] > 0
     assert rows[0]["credit"] == rows[1]["credit"]
 
 

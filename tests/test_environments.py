@@ -174,7 +174,7 @@ def episode_batch() -> RolloutBatch:
     for g, (reward, spans) in enumerate([(1.0, ((2, 5),)), (0.0, ((1, 3), (4, 6))), (1.0, ()), (0.0, ((3, 4),))]):
         rows.append(Trajectory([1, 2], list(range(10, 18)), [-0.7] * 8, "q", "r", group=g // 2, reward=reward,
                                env_spans=spans))
-    return RolloutBatch(rows, policy_version=0, problems=["p", "q"], answers=["1", "1"]).collate(pad_id=0)
+    return RolloutBatch(rows, policy_version=0, groups=[Problem("p", "1"), Problem("q", "1")]).collate(pad_id=0)
 
 
 def test_environment_tokens_carry_no_loss_and_no_gradient():

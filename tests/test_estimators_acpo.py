@@ -15,6 +15,7 @@ from ibpo_lightning.cli import run_cli
 from ibpo_lightning.estimators import ACPO
 from ibpo_lightning.estimators.functional import attribution_factors, step_of_tokens, zscore
 from ibpo_lightning.models import load_policy
+from ibpo_lightning.tasks import Problem
 from ibpo_lightning.types import RolloutBatch, Trajectory
 from tests.helpers import LastRollout
 
@@ -31,7 +32,7 @@ def row(group, reward, response=(5, 6, 7, 8), logprobs=None, boundaries=(), prom
 
 def batch_of(rows, answers=None, version=0) -> RolloutBatch:
     n = max(t.group for t in rows) + 1
-    batch = RolloutBatch(list(rows), policy_version=version, problems=["p"] * n, answers=answers or ["7"] * n)
+    batch = RolloutBatch(list(rows), policy_version=version, groups=[Problem("p", a) for a in answers or ["7"] * n])
     return batch.collate(pad_id=0)
 
 

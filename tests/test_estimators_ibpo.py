@@ -8,7 +8,8 @@ import torch
 
 from ibpo_lightning.estimators import IBPO
 from ibpo_lightning.estimators.functional import levenshtein_matches
-from ibpo_lightning.estimators.ibpo import LINE_REPAIR_PROMPT, REPAIR_PROMPT
+from ibpo_lightning.estimators.repair_prompts import LINE_REPAIR_PROMPT, REPAIR_PROMPT
+from ibpo_lightning.tasks import Problem
 from ibpo_lightning.training.metrics import batch_metrics
 from ibpo_lightning.types import Kind
 from tests.helpers import traj
@@ -45,7 +46,7 @@ def test_line_repair_prompt_renders_as_intended():
     attempt, reference = traj(0, 0.0), traj(0, 1.0)
     attempt.response_text = "6 + 7 = 13\n13 * 3 = 38\nAnswer: 38\n"
     reference.response_text = " 6 + 7 = 13\n13 * 3 = 39\nAnswer: 39"
-    assert IBPO(repair_prompt="line").repair_text(problem, attempt, reference) == (
+    assert IBPO(repair_prompt="line").repair_text(Problem(problem, "39"), attempt, reference) == (
         "Start with 6. Add 7. Multiply by 3.\n\n"
         "Attempt A:\n6 + 7 = 13\n13 * 3 = 38\nAnswer: 38\n\n"
         "Attempt B:\n6 + 7 = 13\n13 * 3 = 39\nAnswer: 39\n\n"
@@ -55,7 +56,7 @@ def test_line_repair_prompt_renders_as_intended():
     assert IBPO().repair_prompt == REPAIR_PROMPT == IBPO(repair_prompt="whole").repair_prompt
     assert IBPO(repair_prompt="line").repair_prompt == LINE_REPAIR_PROMPT
     own = "{problem}|{attempt}|{reference}"
-    assert IBPO(repair_prompt=own).repair_text("p", attempt, reference).startswith("p|6 + 7 = 13")
+    assert IBPO(repair_prompt=own).repair_text(Problem("p", "39"), attempt, reference).startswith("p|6 + 7 = 13")
     with pytest.raises(ValueError, match="one of \\['line', 'whole'\\]"):
         IBPO(repair_prompt="lines")  # neither a name nor a template
     with pytest.raises(ValueError, match="revision_is_cap"):
@@ -67,6 +68,65 @@ def test_plan_sends_the_line_prompt_to_the_sampler():
     batch = raw_batch([traj(0, 1.0, (9,), prompt=TASK_PROMPT), traj(0, 0.0, (5, 8, 7), prompt=TASK_PROMPT)])
     IBPO(repair_prompt="line").plan(batch, rollout, FakeTask())
     assert rollout.encoded == [LINE_REPAIR_PROMPT.format(problem="problem 0", attempt="5 8 7", reference="9")]
+
+
+# -- the worked solution as reference (after InT) --------------------------------------------------
+SOLUTION = "6 + 7 = 13\n13 * 3 = 39\nAnswer: 39"
+
+
+def test_solution_prompts_render_as_intended():
+    problem = Problem("Start with 6. Add 7. Multiply by 3.", "39", solution=SOLUTION + "\n")
+    attempt, sibling = traj(0, 0.0), traj(0, 0.0)
+    attempt.response_text, sibling.response_text = "6 + 7 = 13\n13 * 3 = 38\nAnswer: 38", "6 + 7 = 14\nAnswer: 42"
+    assert IBPO(reference="solution").repair_text(problem, attempt, None) == (
+        "Start with 6. Add 7. Multiply by 3.\n\n"
+        "Attempt A:\n6 + 7 = 13\n13 * 3 = 38\nAnswer: 38\n\n"
+        "A worked solution:\n6 + 7 = 13\n13 * 3 = 39\nAnswer: 39\n\n"
+        "Attempt A may contain a mistake. Compare it with the worked solution, then write attempt A again, "
+        "changing only what is needed to make it correct.")
+    assert IBPO(reference="both", repair_prompt="line").repair_text(problem, attempt, sibling) == (
+        "Start with 6. Add 7. Multiply by 3.\n\n"
+        "Attempt A:\n6 + 7 = 13\n13 * 3 = 38\nAnswer: 38\n\n"
+        "Attempt B:\n6 + 7 = 14\nAnswer: 42\n\n"
+        "A worked solution:\n6 + 7 = 13\n13 * 3 = 39\nAnswer: 39\n\n"
+        "Attempt A may contain a mistake. Compare it with attempt B and the worked solution line by line and "
+        "find the first line of attempt A that is wrong. Then write attempt A again: copy every line before "
+        "that one unchanged, and rewrite attempt A from that line on so that it is correct.")
+    assert IBPO(reference="solution", repair_prompt="{problem}|{attempt}|{solution}").repair_text(
+        problem, attempt, None) == "Start with 6. Add 7. Multiply by 3.|" + attempt.response_text + "|" + SOLUTION
+    with pytest.raises(ValueError, match="containing {problem}, {attempt}, {solution}"):
+        IBPO(reference="solution", repair_prompt="{problem}|{attempt}|{reference}")  # shows no solution
+    with pytest.raises(ValueError, match="estimator.reference must be one of"):
+        IBPO(reference="teacher")
+
+
+def test_solution_reference_repairs_every_wrong_sample_even_with_no_correct_sibling():
+    # group 0: one right, two wrong; group 1: both wrong (a sibling-only IBPO with fallback_refs
+    # 'skip' repairs nothing there, the solution repairs each)
+    rows = [traj(0, 1.0, (9,), prompt=TASK_PROMPT), traj(0, 0.0, (5, 8), prompt=TASK_PROMPT),
+            traj(0, 0.0, (5, 7), prompt=TASK_PROMPT), traj(1, 0.0, (6,), prompt=TASK_PROMPT),
+            traj(1, 0.0, (7,), prompt=TASK_PROMPT)]
+    batch = raw_batch(rows, n_groups=2)
+    batch.groups[:] = [Problem("problem 0", "1", solution="sol 0"), Problem("problem 1", "1", solution="sol 1")]
+    rollout = RepairRollout({"revision": [[9], [10], [9], [10]]})  # 9 decodes to "ok": right
+    IBPO(reference="solution", fallback_refs="skip").plan(batch, rollout, FakeTask())
+    assert rollout.encoded == [repair_text.format(problem=f"problem {g}", attempt=a, reference="", solution=f"sol {g}")
+                               for g, a in ((0, "5 8"), (0, "5 7"), (1, "6"), (1, "7"))
+                               for repair_text in [IBPO(reference="solution").repair_prompt]]
+    revisions = [t for t in batch.trajectories if t.kind == Kind.REVISION]
+    assert [(t.parent, t.reward) for t in revisions] == [(1, 1.0), (2, 0.0), (3, 1.0), (4, 0.0)]
+    assert batch.stats["ibpo/revisions"] == 4.0 and batch.stats["ibpo/revisions_correct"] == 2.0
+    capped = raw_batch(rows, n_groups=2)
+    capped.groups[:] = batch.groups
+    IBPO(reference="solution", max_repairs_per_group=1).plan(capped, RepairRollout({"revision": [[9], [9]]}), FakeTask())
+    assert capped.stats["ibpo/revisions"] == 2.0  # one per group
+
+
+def test_solution_reference_names_the_problem_that_has_none():
+    batch = raw_batch([traj(0, 1.0, (9,), prompt=TASK_PROMPT), traj(0, 0.0, (5,), prompt=TASK_PROMPT)])
+    batch.groups[0] = Problem("What is 2 + 2?", "4", origin="data/train.jsonl line 7")
+    with pytest.raises(ValueError, match=r"'What is 2 \+ 2\?' \(data/train.jsonl line 7\) has none"):
+        IBPO(reference="both").plan(batch, RepairRollout({"revision": [[9]]}), FakeTask())
 
 
 # -- train_on_revision ----------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from ibpo_lightning.losses import PolicyLoss
 from ibpo_lightning.models import load_policy
 from ibpo_lightning.rollout import HFEngine, Sampler
 from ibpo_lightning.rollout.engine import Sample
+from ibpo_lightning.tasks import Problem
 from ibpo_lightning.types import Kind, RolloutBatch
 from tests.helpers import ParityTask, batch_of, traj
 
@@ -79,8 +80,7 @@ class FakeTask:
 
 
 def raw_batch(trajs, n_groups=1) -> RolloutBatch:
-    return RolloutBatch(list(trajs), policy_version=0, problems=[f"problem {g}" for g in range(n_groups)],
-                        answers=["1"] * n_groups)
+    return RolloutBatch(list(trajs), policy_version=0, groups=[Problem(f"problem {g}", "1") for g in range(n_groups)])
 
 
 def reset_row(parent, group, reward, response=(5, 6, 7), prefix_len=1):

@@ -34,23 +34,11 @@ import torch
 from ibpo_lightning.estimators.base import Estimator
 from ibpo_lightning.estimators.functional import expand_to_steps, group_normalise, levenshtein_kept
 from ibpo_lightning.estimators.ibpo_revision import rerooted_rows, revision_credit, score_rerooted
+from ibpo_lightning.estimators.repair_prompts import repair_template
 from ibpo_lightning.estimators.segments import check_delimiter, steps
 from ibpo_lightning.tasks.base import Problem
 from ibpo_lightning.types import GenerationKind, Kind, RolloutBatch, Trajectory
 
-REPAIR_PROMPT = (
-    "{problem}\n\nAttempt A:\n{attempt}\n\nAttempt B:\n{reference}\n\n"
-    "Attempt A may contain a mistake. Compare it with attempt B, then write attempt A again, "
-    "changing only what is needed to make it correct."
-)
-LINE_REPAIR_PROMPT = (
-    "{problem}\n\nAttempt A:\n{attempt}\n\nAttempt B:\n{reference}\n\n"
-    "Attempt A may contain a mistake. Compare it with attempt B line by line and find the first line "
-    "of attempt A that is wrong. Then write attempt A again: copy every line before that one unchanged, "
-    "and rewrite attempt A from that line on so that it is correct."
-)
-REPAIR_PROMPTS = {"whole": REPAIR_PROMPT, "line": LINE_REPAIR_PROMPT}
-"""The named repair templates ``repair_prompt`` accepts."""
 
 
 class IBPO(Estimator):
@@ -75,7 +63,12 @@ class IBPO(Estimator):
         revision_temperature: sampling temperature of repairs (None = the rollout's).
         repair_prompt: ``whole`` (rewrite attempt A minimally, the default), ``line`` (find the first
             wrong line of attempt A, keep the lines before it, rewrite from it on), or a template of
-            one's own with ``{problem}``, ``{attempt}`` and ``{reference}``.
+            one's own (``repair_prompts.py`` names its fields).
+        reference: what the repair prompt shows beside the wrong attempt: ``sibling`` (a sample of
+            the same group, chosen by ``n_refs``, ``ref_policy`` and ``fallback_refs``; the paper's),
+            ``solution`` (the task's worked solution, one repair per wrong sample, so a group without
+            a correct sample is repaired too) or ``both`` (each sibling reference with the solution
+            beside it). Not in the paper: the solution follows InT (arXiv 2601.14209).
         repaired_credit: what a repaired failure's edited tokens get: ``shaped`` (its group-normalised
             shaped advantage, the reconstruction's formula: positive when the group's mean shaped
             reward is below lambda * rho, so the tokens that were wrong get positive credit) or
@@ -110,6 +103,7 @@ class IBPO(Estimator):
         max_repairs_per_group: int | None = None,
         revision_temperature: float | None = None,
         repair_prompt: str = "whole",
+        reference: Literal["sibling", "solution", "both"] = "sibling",
         repaired_credit: Literal["shaped", "blame"] = "shaped",
         train_on_revision: bool = False,
         revision_is_cap: float = 2.0,
@@ -117,11 +111,7 @@ class IBPO(Estimator):
         eps: float = 1e-6,
         seed: int = 0,
     ) -> None:
-        repair_prompt = REPAIR_PROMPTS.get(repair_prompt, repair_prompt)
-        for name in ("problem", "attempt", "reference"):
-            if "{" + name + "}" not in repair_prompt:
-                raise ValueError(f"estimator.repair_prompt must be one of {sorted(REPAIR_PROMPTS)} "
-                                 f"or a template containing {{{name}}}")
+        self.reference, self.repair_prompt = reference, repair_template(repair_prompt, reference)
         if repaired_credit not in ("shaped", "blame"):
             raise ValueError(f"estimator.repaired_credit must be 'shaped' or 'blame', got {repaired_credit!r}")
         if revision_is_cap <= 0:
@@ -135,7 +125,7 @@ class IBPO(Estimator):
             check_delimiter("step_delimiter", step_delimiter)
         self.mask_granularity, self.step_delimiter = mask_granularity, step_delimiter
         self.max_repairs_per_group, self.revision_temperature = max_repairs_per_group, revision_temperature
-        self.repair_prompt, self.correct_threshold, self.eps = repair_prompt, correct_threshold, eps
+        self.correct_threshold, self.eps = correct_threshold, eps
         self.train_on_revision, self.revision_is_cap = train_on_revision, revision_is_cap
         self.repaired_credit = repaired_credit
         self.seed = seed  # with each step's seed: the references and the capped pairs (``generator``)
@@ -157,13 +147,16 @@ class IBPO(Estimator):
             ordered = [j for j in ordered if correct[j]]
         return ordered if self.n_refs is None else ordered[: self.n_refs]
 
-    def repair_pairs(self, batch: RolloutBatch) -> list[tuple[int, int]]:
-        """(wrong row, reference row) pairs to repair, capped per group; random choices from the
-        step's generator."""
+    def repair_pairs(self, batch: RolloutBatch) -> list[tuple[int, int | None]]:
+        """(wrong row, reference row) pairs to repair, capped per group; the reference row is None
+        where the worked solution alone is shown. Random choices from the step's generator."""
         correct = [t.reward >= self.correct_threshold for t in batch.trajectories]
         pairs, rng = [], self.generator(batch)
         for rows in batch.fresh_groups().values():
-            group_pairs = [(i, r) for i in rows if not correct[i] for r in self.references(i, rows, correct, rng)]
+            if self.reference == "solution":
+                group_pairs = [(i, None) for i in rows if not correct[i]]
+            else:
+                group_pairs = [(i, r) for i in rows if not correct[i] for r in self.references(i, rows, correct, rng)]
             if self.max_repairs_per_group is not None and len(group_pairs) > self.max_repairs_per_group:
                 group_pairs = rng.sample(group_pairs, self.max_repairs_per_group)
             pairs.extend(group_pairs)
@@ -178,9 +171,10 @@ class IBPO(Estimator):
         if not pairs:
             batch.stats.update({f"{self.name}/revisions": 0.0, f"{self.name}/revisions_correct": 0.0})
             return
-        prompts = [sampler.encode(self.repair_text(batch.problems[trajs[i].group], trajs[i], trajs[r]),
-                                  task.system_prompt) for i, r in pairs]
-        problems = [Problem(batch.problems[trajs[i].group], batch.answers[trajs[i].group]) for i, _ in pairs]
+        prompts = [sampler.encode(self.repair_text(batch.groups[trajs[i].group], trajs[i],
+                                                   None if r is None else trajs[r]), task.system_prompt)
+                   for i, r in pairs]
+        problems = [batch.groups[trajs[i].group] for i, _ in pairs]
         # one answer per repair prompt; with an environment, a repair is an episode with the tools
         samples = sampler.answer(problems, prompts, 1, temperature=self.revision_temperature,
                                  kind=GenerationKind.REVISION)
@@ -197,10 +191,18 @@ class IBPO(Estimator):
                     t.step_boundaries = steps(sampler.tokenizer, t, self.step_delimiter)
             trajs.extend(extra)
 
-    def repair_text(self, problem: str, attempt: Trajectory, reference: Trajectory) -> str:
-        """The compare-and-correct prompt x~ of ``attempt`` with ``reference``."""
-        return self.repair_prompt.format(problem=problem, attempt=attempt.response_text.strip(),
-                                         reference=reference.response_text.strip())
+    def repair_text(self, problem: Problem, attempt: Trajectory, reference: Trajectory | None) -> str:
+        """The compare-and-correct prompt x~ of ``attempt`` with ``reference`` (a sibling) and, as
+        ``reference`` asks, ``problem``'s worked solution."""
+        solution = problem.solution
+        if self.reference != "sibling" and not solution:
+            where = f" ({problem.origin})" if problem.origin else ""
+            raise ValueError(f"estimator.reference={self.reference!r} shows the problem's worked solution, but "
+                             f"{problem.prompt[:60]!r}{where} has none (Problem.solution): use a task with worked "
+                             "solutions (ChainTask; JsonlTask with solution_field) or estimator.reference: sibling")
+        return self.repair_prompt.format(problem=problem.prompt, attempt=attempt.response_text.strip(),
+                                         reference=reference.response_text.strip() if reference else "",
+                                         solution=(solution or "").strip())
 
     # -- prepare: re-score rerooted repairs under both prompts -------------------------------
     def prepare(self, batch: RolloutBatch, scorer) -> None:

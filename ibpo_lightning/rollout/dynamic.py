@@ -49,7 +49,7 @@ class DynamicSampling:
 
         ``draw(k)`` gives the next ``k`` problems of the run's prompt order; ``most(n)`` is the
         largest ``n`` over the data-parallel ranks (the identity on one process)."""
-        target, rounds = len(batch.problems), 0
+        target, rounds = len(batch.groups), 0
         while rounds < self.max_rounds:
             missing = target - len(varied_groups(batch))
             neediest = most(max(missing, 0))
@@ -60,7 +60,7 @@ class DynamicSampling:
                 add_groups(batch, problems, sampler, task)
             rounds += 1
         varied = varied_groups(batch)[:target]
-        drawn = len(batch.problems)
+        drawn = len(batch.groups)
         keep_groups(batch, varied or list(range(target)))
         return {"dynamic/groups_drawn": float(drawn), "dynamic/groups_kept": float(len(varied)),
                 "dynamic/rounds": float(rounds)}
@@ -78,9 +78,8 @@ def add_groups(batch: RolloutBatch, problems: list[Problem], sampler, task: Task
     groups = sampler.answer(problems, prompts, sampler.group_size, kind=GenerationKind.RESAMPLE)
     rows = []
     for p, prompt, samples in zip(problems, prompts, groups):
-        rows += [Trajectory.from_sample(prompt, p.prompt, s, group=len(batch.problems)) for s in samples]
-        batch.problems.append(p.prompt)
-        batch.answers.append(p.answer)
+        rows += [Trajectory.from_sample(prompt, p.prompt, s, group=len(batch.groups)) for s in samples]
+        batch.groups.append(p)
     batch.add_scored(rows, task)
 
 
@@ -90,5 +89,4 @@ def keep_groups(batch: RolloutBatch, groups: list[int]) -> None:
     batch.trajectories[:] = [t for t in batch.trajectories if t.group in new]
     for t in batch.trajectories:
         t.group = new[t.group]
-    batch.problems[:] = [batch.problems[g] for g in groups]
-    batch.answers[:] = [batch.answers[g] for g in groups]
+    batch.groups[:] = [batch.groups[g] for g in groups]

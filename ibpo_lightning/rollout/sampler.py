@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from ibpo_lightning.environments.base import Environment
 from ibpo_lightning.rollout.engine import RolloutEngine, Sample
 from ibpo_lightning.rollout.episodes import TurnFormat, continue_episodes, run_episodes
-from ibpo_lightning.tasks.base import Problem
 from ibpo_lightning.types import GenerationKind, RolloutBatch, Trajectory
 
 
@@ -119,8 +118,7 @@ class Sampler:
             return self.continue_prefixes([t.prompt_ids for t in trajs],
                                           [t.response_ids[:c] for t, c in zip(trajs, cuts)], n, kind=kind,
                                           temperature=temperature)
-        problems = [Problem(batch.problems[t.group], batch.answers[t.group]) for t in trajs]
-        return continue_episodes(self, self.environment, problems, trajs, cuts, n, kind=kind, temperature=temperature)
+        return continue_episodes(self, self.environment, [batch.groups[t.group] for t in trajs], trajs, cuts, n, kind=kind, temperature=temperature)
 
     def turn_format(self, role: str) -> TurnFormat:
         """How observations of ``role`` are rendered between turns (read off the chat template once)."""
@@ -174,6 +172,6 @@ class Sampler:
         trajs = [Trajectory.from_sample(prompt, p.prompt, s, group=g)
                  for g, (p, prompt, group) in enumerate(zip(problems, prompts, groups)) for s in group]
         batch = RolloutBatch(trajs, policy_version=self.engine_version, seed=self._seed_of("estimator"),
-                             problems=[p.prompt for p in problems], answers=[p.answer for p in problems])
+                             groups=list(problems))
         batch.stats["time/generate"] = time.perf_counter() - start
         return batch

@@ -85,13 +85,22 @@ class Scorer:
     @torch.no_grad()
     def full(self, batch: RolloutBatch, rows: list[int], which: Which = "policy") -> torch.Tensor:
         """[N, L] no-grad log-probs of ``rows`` (0 on other rows), in rank-matched micro-batches."""
+        return self._full(batch, rows, which, entropy=False)
+
+    @torch.no_grad()
+    def entropies(self, batch: RolloutBatch, rows: list[int], which: Which = "policy") -> torch.Tensor:
+        """[N, L] no-grad entropy of the next-token distribution (at the sampling temperature) at
+        ``rows``' response tokens (0 elsewhere), in rank-matched micro-batches."""
+        return self._full(batch, rows, which, entropy=True)
+
+    def _full(self, batch: RolloutBatch, rows: list[int], which: Which, entropy: bool) -> torch.Tensor:
         out = torch.zeros_like(batch.engine_logprobs)
         for micro in self.chunks(batch, rows):
             if micro is None:
                 self.empty_pass(which)
                 continue
-            logp, _, width = self.logprobs(batch, micro, which)
-            out[micro, :width] = logp.float()
+            logp, ent, width = self.logprobs(batch, micro, which, with_entropy=entropy)
+            out[micro, :width] = (ent if entropy else logp).float()
             self.tokens_scored += sum(batch.row_length(i) for i in micro)
         return out
 
