@@ -43,6 +43,12 @@ ESTIMATORS = {  # name -> estimator overlays and overrides on the chain config
     "srpo": CHAIN["srpo"], "rrpo": CHAIN["rrpo"], "vineppo": CHAIN["vineppo"],
     "spo": (["configs/estimators/spo.yaml"], ["--estimator.init_args.segment_tokens", "8"]),
     "acpo": (["configs/estimators/acpo.yaml"], ["--estimator.init_args.step_delimiter", "\n"]),
+    # token credit from the group, no extra rollout
+    **{name: ([f"configs/estimators/{name}.yaml"], []) for name in ("ktae", "tempo", "forking")},
+    # IBPO's repairs by reference kind (the sibling arms above: ibpo_whole, ibpo_line)
+    "ibpo_solution": ([], ["--estimator.init_args.reference", "solution"]),
+    "ibpo_both": ([], ["--estimator.init_args.reference", "both"]),
+    "ibpo_solution_line": ([], ["--estimator.init_args.reference", "solution", "--estimator.init_args.repair_prompt", "line"]),
 }
 
 
@@ -143,6 +149,8 @@ def report(args) -> None:
             print(f"| {name} | {r['tried']:.0f} | {r['verified']:.0f} | {r['verified'] / r['tried']:.1%} "
                   f"| {r['repaired']:.0f} | {r['edited']:.3f} | {s['masked_after']:.3f} "
                   f"| {s['masked_positive']} of {s['masked_rows']} |")
+    if not summary:
+        sys.exit(f"no finished run under {args.root}: run `localise_chain.py run` first")
     (args.root / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"\nwrote {args.root / 'summary.json'}")
 

@@ -40,7 +40,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
 
 from ibpo_lightning.checkpointing import find_last  # noqa: E402
-from ibpo_lightning.diagnostics.run_logs import read_series  # noqa: E402
+from ibpo_lightning.diagnostics.run_logs import by_tokens, read_series, tokens_before, tokens_per_step, value_at  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -207,20 +207,6 @@ def noise_series(series: dict, every: int = 5) -> list[tuple[float, float]]:
     return [(step, v) for step, v in series.get("grad/noise_to_signal", []) if step % every == 0]
 
 
-def tokens_per_step(series: dict) -> list[float]:
-    """Generated tokens of every kind, per training step (aligned with ``train/reward_mean``); an
-    episode's tool results (``tokens/observation``) are read, not generated, and do not count."""
-    return [sum(v for k, vals in series.items() if k.startswith("tokens/") and k != "tokens/observation"
-                for s, v in vals if s == step)
-            for step, _ in series["train/reward_mean"]]
-
-
-def tokens_before(series: dict, step: float) -> float:
-    """Generated tokens (every kind) of the training steps before ``step``: what a policy evaluated
-    after ``step`` updates cost."""
-    return sum(n for (s, _), n in zip(series["train/reward_mean"], tokens_per_step(series)) if s < step)
-
-
 VAL = {"val/accuracy": "held-out accuracy", "val/greedy": "held-out greedy accuracy"}
 
 
@@ -268,7 +254,7 @@ def report(args) -> None:
                     val = [(0.0, before[key]), *val]
                 if val:
                     axes[0][col].plot(*zip(*val), marker="o", **style)
-                    axes[1][col].plot([tokens_before(s, step) / 1000 for step, _ in val], [v for _, v in val],
+                    axes[1][col].plot(*zip(*[(t / 1000, v) for t, v in by_tokens(s, key, before.get(key))]),
                                       marker="o", **style)
             if noise_series(s, args.noise_every):
                 ax_n.plot(*zip(*noise_series(s, args.noise_every)), marker="s", **style)
@@ -310,6 +296,32 @@ def report(args) -> None:
         print(f"| {name.upper()} | {len(per)} |{''.join(cells)} {ms(col('reward_mean'))} "
               f"| {statistics.mean(col('tokens')):.0f} | {ms(col('noise_first'))} "
               f"| {ms(noise) if paired else '—'} | {ms(col('noise_mean'))} |")
+    equal_tokens(runs, [name for name, _ in rows], before, shown)
+
+
+def equal_tokens(runs: dict, names: list[str], before: dict[str, float], shown: list[str]) -> None:
+    """Held-out accuracy of every run at one budget of generated tokens (every kind): the smallest
+    any run reached, each run's readings interpolated linearly in tokens; paired by seed with GRPO,
+    the mean difference with its standard error (sd / sqrt(seeds))."""
+    if not runs or not shown:
+        return
+    curves = {(name, seed): {key: by_tokens(s, key, before.get(key)) for key in shown} for (name, seed), s in runs.items()}
+    budget = min(max(t for t, _ in c[key]) for c in curves.values() for key in shown if c[key])
+    print(f"\nat equal generated tokens: {budget:.0f} (the smallest budget every run reached)\n")
+    print("| estimator | seeds |" + "".join(f" {VAL[k]}, % (per seed) | − GRPO's, same seed: mean ± se |" for k in shown))
+    print("|---|---|" + "---|---|" * len(shown))
+    for name in names:
+        seeds = sorted(seed for n, seed in curves if n == name)
+        cells = []
+        for key in shown:
+            at = {seed: value_at(curves[name, seed][key], budget) for seed in seeds}
+            delta = [at[seed] - value_at(curves["grpo", seed][key], budget) for seed in seeds
+                     if name != "grpo" and ("grpo", seed) in curves]
+            se = statistics.stdev(delta) / math.sqrt(len(delta)) if len(delta) > 1 else float("nan")
+            paired = f"{100 * statistics.mean(delta):+.1f} ± {100 * se:.1f}" if delta else "—"
+            cells.append(f" {ms(list(at.values()), 100, 1)} ({' / '.join(f'{100 * v:.1f}' for v in at.values())}) "
+                         f"| {paired} |")
+        print(f"| {name.upper()} | {len(seeds)} |{''.join(cells)}")
 
 
 def main() -> None:

@@ -176,7 +176,14 @@ def test_stored_quickstart_study_prints_the_published_rows(tmp_path):
     out = _run("scripts/study.py", "report", "--out", str(tmp_path / "study.png"))
     rows = [line for line in out.splitlines() if line.startswith("| ")]
     published = (ROOT / "docs" / "results.md").read_text()
-    assert len(rows) == 6 and [r for r in rows if r not in published] == []  # header, 5 estimators
+    assert len(rows) == 12 and [r for r in rows if r not in published] == []  # 2 tables: header, 5 estimators
+
+
+def test_stored_chain_study_at_equal_tokens_prints_the_published_rows(tmp_path):
+    out = _run("scripts/study.py", "report", "--study", "chain", "--out", str(tmp_path / "study.png"))
+    rows = [line for line in out.split("at equal generated tokens: 179980")[1].splitlines() if line.startswith("| ")]
+    published = (ROOT / "docs" / "results.md").read_text()
+    assert len(rows) == 9 and [r for r in rows if r not in published] == []  # header, 8 arms
 
 
 def test_stored_credit_localisation_prints_the_published_rows(tmp_path):

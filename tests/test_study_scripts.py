@@ -6,6 +6,7 @@ import csv
 import hashlib
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -173,3 +174,20 @@ def test_an_interrupted_study_run_resumes_from_its_checkpoint_and_joins_its_logs
     assert [int(r["step"]) for r in rows] == list(range(10))  # steps 5 and 6 from the resumed attempt only
     assert (run / "done").exists() and not list(checkpoints.rglob("*.ckpt"))  # deleted once finished
     assert not list((run / "csv").glob("metrics.part*.csv"))
+
+
+def test_readings_by_generated_tokens_and_their_interpolation():
+    from ibpo_lightning.diagnostics.run_logs import by_tokens, value_at
+
+    # 3 steps of 100 fresh + 50 resample tokens (and 40 tool-result tokens, read, not generated);
+    # held-out readings after 2 and 3 updates, the one before training given apart
+    series = {"train/reward_mean": [(0.0, 0.1), (1.0, 0.2), (2.0, 0.3)],
+              "tokens/fresh": [(0.0, 100.0), (1.0, 100.0), (2.0, 100.0)],
+              "tokens/resample": [(0.0, 50.0), (1.0, 50.0), (2.0, 50.0)],
+              "tokens/observation": [(0.0, 40.0), (1.0, 40.0), (2.0, 40.0)],
+              "val/accuracy": [(2.0, 0.5), (3.0, 0.8)]}
+    points = by_tokens(series, "val/accuracy", start=0.2)
+    assert points == [(0.0, 0.2), (300.0, 0.5), (450.0, 0.8)]
+    assert value_at(points, 150.0) == pytest.approx(0.35)
+    assert value_at(points, 400.0) == pytest.approx(0.7)
+    assert value_at(points, 0.0) == 0.2 and math.isnan(value_at(points, 451.0))

@@ -1,5 +1,6 @@
-"""What a run's CSV log says: its metric series, and one step's time by phase (the step benchmark's
-summary and per-phase table against the machine's matrix-multiply peak).
+"""What a run's CSV log says: its metric series (by step, or by the generated tokens a policy
+cost), and one step's time by phase (the step benchmark's summary and per-phase table against the
+machine's matrix-multiply peak).
 
 Shared by the report and benchmark scripts (``scripts/plot_run.py``, ``bench_step.py``,
 ``bench_precision.py``, ``study.py``) and the tests that read stored outputs.
@@ -38,6 +39,36 @@ def read_series(run: Path) -> dict[str, list[tuple[float, float]]]:
                     series.setdefault(key, []).append((step, float(value)))
     return series
 
+
+def tokens_per_step(series: dict) -> list[float]:
+    """Generated tokens of every kind, per training step (aligned with ``train/reward_mean``); an
+    episode's tool results (``tokens/observation``) are read, not generated, and do not count."""
+    return [sum(v for k, vals in series.items() if k.startswith("tokens/") and k != "tokens/observation"
+                for s, v in vals if s == step)
+            for step, _ in series["train/reward_mean"]]
+
+
+def tokens_before(series: dict, step: float) -> float:
+    """Generated tokens (every kind) of the training steps before ``step``: what a policy evaluated
+    after ``step`` updates cost."""
+    return sum(n for (s, _), n in zip(series["train/reward_mean"], tokens_per_step(series)) if s < step)
+
+
+def by_tokens(series: dict, key: str, start: float | None = None) -> list[tuple[float, float]]:
+    """``key``'s readings placed at the generated tokens their policy cost, from ``start`` (the
+    reading before training, when the run has none at step 0) at 0 tokens."""
+    points = [(tokens_before(series, step), v) for step, v in series.get(key, [])]
+    if start is not None and not any(t == 0 for t, _ in points):
+        points.insert(0, (0.0, start))
+    return sorted(points)
+
+
+def value_at(points: list[tuple[float, float]], x: float) -> float:
+    """Linear interpolation of sorted ``(x, value)`` points at ``x``; nan outside them."""
+    for (x0, v0), (x1, v1) in zip(points, points[1:]):
+        if x0 <= x <= x1:
+            return v0 if x1 == x0 else v0 + (v1 - v0) * (x - x0) / (x1 - x0)
+    return points[0][1] if points and points[0][0] == x else float("nan")
 
 
 def summarise_steps(csv_dir: Path, warmup: int) -> dict[str, float]:
