@@ -199,3 +199,17 @@ def test_stored_tool_chains_print_the_published_rows():
     rows = [line for line in out.splitlines() if line.startswith("| ")]
     published = (ROOT / "docs" / "results.md").read_text()
     assert len(rows) == 5 and [r for r in rows if r not in published] == []  # header, 4 lengths
+
+
+def test_episode_cost_reads_a_stored_run_and_refuses_unlabelled_runs(tmp_path):
+    out = _run("scripts/episode_cost.py", str(DATA / "study_chain" / "grpo" / "seed0"), "--labels", "answers",
+               "--out", str(tmp_path / "cost.json"))
+    row = next(line for line in out.splitlines() if line.startswith("| answers |"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[1] == "60" and float(cells[2]) > 0 and cells[11] == "1.00"  # 60 steps, one turn per answer
+    stored = json.loads((tmp_path / "cost.json").read_text())["answers"]
+    assert stored["tokens/observation"] == 0.0 and stored["generated_tokens"] > 3000
+    assert _run("scripts/episode_cost.py", "--report", str(tmp_path / "cost.json")).strip() == out.strip()
+    proc = subprocess.run([sys.executable, "scripts/episode_cost.py", str(DATA / "study_chain" / "grpo" / "seed0"),
+                           "--labels", "a", "b"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "1 runs but 2 --labels" in proc.stderr
