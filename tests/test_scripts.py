@@ -213,3 +213,10 @@ def test_episode_cost_reads_a_stored_run_and_refuses_unlabelled_runs(tmp_path):
     proc = subprocess.run([sys.executable, "scripts/episode_cost.py", str(DATA / "study_chain" / "grpo" / "seed0"),
                            "--labels", "a", "b"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and "1 runs but 2 --labels" in proc.stderr
+
+
+def test_stored_episode_cost_prints_the_published_rows():
+    out = _run("scripts/episode_cost.py", "--report", str(DATA / "tool_chains" / "episode_cost.json"))
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    published = (ROOT / "docs" / "results.md").read_text()
+    assert len(rows) == 3 and [r for r in rows if r not in published] == []  # header, no tool, calculator
