@@ -194,8 +194,9 @@ def test_stored_credit_localisation_prints_the_published_rows(tmp_path):
     assert len(rows) == 9 and [r for r in rows if r not in published] == []  # header, 8 estimators
 
 
-def test_stored_tool_chains_print_the_published_rows():
-    out = _run("scripts/tool_chains.py", "--report", str(DATA / "tool_chains" / "sft_calculator.json"))
+@pytest.mark.parametrize("stored", ["sft_calculator.json", "rl_calculator_grpo_seed0.json"])
+def test_stored_tool_chains_print_the_published_rows(stored):
+    out = _run("scripts/tool_chains.py", "--report", str(DATA / "tool_chains" / stored))
     rows = [line for line in out.splitlines() if line.startswith("| ")]
     published = (ROOT / "docs" / "results.md").read_text()
     assert len(rows) == 5 and [r for r in rows if r not in published] == []  # header, 4 lengths
