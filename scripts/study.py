@@ -40,7 +40,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
 
 from ibpo_lightning.checkpointing import find_last  # noqa: E402
-from ibpo_lightning.diagnostics.run_logs import by_tokens, read_series, tokens_before, tokens_per_step, value_at  # noqa: E402
+from ibpo_lightning.diagnostics.run_logs import by_tokens, read_series, tokens_per_step, value_at  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

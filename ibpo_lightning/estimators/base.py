@@ -98,14 +98,6 @@ class Estimator(Callback, ABC):
         """[N, L] response-token mask of the rows the loss trains on."""
         return batch.response_mask * self.trained_rows(batch).unsqueeze(-1)
 
-    def trained_groups(self, batch: RolloutBatch) -> dict[int, list[int]]:
-        """The rows the loss trains on, by group."""
-        groups: dict[int, list[int]] = {}
-        for i, t in enumerate(batch.trajectories):
-            if t.trained:
-                groups.setdefault(t.group, []).append(i)
-        return groups
-
     def per_trained_row(self, batch: RolloutBatch, fn) -> torch.Tensor:
         """Apply ``fn(rewards, group_ids)`` to the trained rows only; other rows get 0."""
         rows = self.trained_rows(batch)

@@ -51,8 +51,8 @@ def fisher_two_sided(a: int, b: int, c: int, d: int) -> float:
                 - math.lgamma(n + 1) + math.lgamma(row + 1) + math.lgamma(n - row + 1))
 
     here = log_p(a)
-    total = sum(math.exp(log_p(k)) for k in range(max(0, row + col - n), min(row, col) + 1)
-                if log_p(k) <= here + 1e-7)  # a relative tolerance for equal probabilities
+    tables = (log_p(k) for k in range(max(0, row + col - n), min(row, col) + 1))
+    total = sum(math.exp(lp) for lp in tables if lp <= here + 1e-7)  # a relative tolerance for equal probabilities
     return min(1.0, total)
 
 
@@ -145,7 +145,7 @@ class KTAE(Estimator):
         adv = seq.unsqueeze(-1) * weights.gt(0)
         trajs, skip = batch.trajectories, set(batch.notes.get(self.SKIP, []))
         magnitudes = []
-        for members in self.trained_groups(batch).values():
+        for members in batch.groups_of(batch.rows(lambda t: t.trained)):
             values = self.key_values([self.model_ids(trajs[i]) for i in members],
                                      [trajs[i].reward >= self.correct_threshold for i in members], skip)
             if not values:

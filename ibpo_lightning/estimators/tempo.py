@@ -79,7 +79,7 @@ class TEMPO(Estimator):
             batch, lambda r, g: group_normalise(r, g, divide_by_std=self.normalize_std, eps=self.eps))
         adv = seq.unsqueeze(-1) * weights.gt(0)
         trajs, stepped, tokens = batch.trajectories, 0, 0
-        for members in self.trained_groups(batch).values():
+        for members in batch.groups_of(batch.rows(lambda t: t.trained)):
             steps = prefix_steps([list(trajs[i].response_ids) for i in members], [float(seq[i]) for i in members])
             for i, step in zip(members, steps):
                 span = batch.response_slice(i)
