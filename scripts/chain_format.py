@@ -11,14 +11,17 @@ result of an addition, subtraction or multiplication, an operand or operator cop
 carried value that is not the previous result, a line not in ``a op b = c`` form, a missing
 line, or a wrong ``Answer:`` line.
 
-    python scripts/chain_format.py --model smollm2-135m-instruct --extra-steps 4        # before
-    python scripts/chain_format.py --model runs/sft_chain/export --extra-steps 4        # after
+    python scripts/chain_format.py --model smollm2-135m-instruct --extra-steps 4 --out before.json
+    python scripts/chain_format.py --model runs/sft_chain/export --extra-steps 4 --out after.json
+    python scripts/chain_format.py --report before.json after.json    # the before/after table
+    python scripts/chain_format.py --report after.json                # one model's tables
+
+The stored records of docs/results.md sections 5 and 6.1 are under docs/data/cold_start/.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import time
 from collections import Counter, defaultdict
@@ -27,6 +30,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from ibpo_lightning.diagnostics import bench_record
 from ibpo_lightning.models import load_policy
 from ibpo_lightning.rollout import HFEngine
 from ibpo_lightning.rollout.sampler import Sampler
@@ -82,21 +86,15 @@ def problems(config: str, extra_steps: list[int], extra_count: int) -> tuple[Cha
     return task, held
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="built-in name or Hugging Face directory (an SFT export)")
-    p.add_argument("--config", default="configs/sft_chain.yaml", help="the SFT config whose held-out chains to use")
-    p.add_argument("--extra-steps", type=int, nargs="*", default=[], help="chain lengths to add (not trained on)")
-    p.add_argument("--extra-count", type=int, default=100, help="held-out problems per extra length")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0: greedy)")
-    p.add_argument("--samples", type=int, default=1, help="answers per problem")
-    p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", choices=["32-true", "bf16-mixed"], default="32-true",
-                   help="bf16-mixed samples under the bf16 autocast of an RL run with precision auto on "
-                        "a bf16 CPU; at temperature 1 the two formats differ by points (docs/results.md 6.2)")
-    p.add_argument("--json", default=None, help="also write the figures to this file")
-    args = p.parse_args()
+KINDS = {  # error_kind -> how the tables name it
+    "result -": "the result of a subtraction", "result +": "the result of an addition",
+    "result *": "the result of a multiplication", "copied operation": "an operand or operator copied from the problem",
+    "carried value": "a carried value that is not the previous result", "format": "a line not in `a op b = c` form",
+    "missing line": "a missing line", "answer line": "the `Answer:` line"}
+
+
+def measure(args) -> dict:
+    """Sample every held-out chain and count format, accuracy, first wrong line and error kind."""
     torch.manual_seed(args.seed)
     task, held = problems(args.config, args.extra_steps, args.extra_count)
     policy, tokenizer = load_policy(args.model)
@@ -120,20 +118,77 @@ def main() -> None:
             line = first_wrong_line(q.prompt, s.text)
             if line is not None:
                 first[steps][line] += 1
-    rows = {}
-    print(f"model {args.model}, {args.precision}, temperature {args.temperature:g}, {args.samples} sample(s) per problem, "
-          f"{len(held)} problems, {seconds:.0f} s of sampling")
-    print("steps  answers  format  accuracy  first wrong line (1..steps, then the Answer line)")
-    for steps in sorted(by_len):
-        c = by_len[steps]
-        spread = [first[steps][k] for k in range(1, steps + 2)]
-        rows[steps] = {"answers": c["n"], "format": c["format"] / c["n"], "accuracy": c["right"] / c["n"],
-                       "first_wrong_line": spread}
-        print(f"{steps:5d}  {c['n']:7d}  {c['format'] / c['n']:6.3f}  {c['right'] / c['n']:8.3f}  {spread}")
-    print("what the first wrong line got wrong: " + ", ".join(f"{k} {n}" for k, n in kinds.most_common()))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"model": args.model, "temperature": args.temperature,
-                                               "seconds": seconds, "by_steps": rows, "kinds": kinds}, indent=1))
+    trained = [task.num_steps] if isinstance(task.num_steps, int) else list(task.num_steps)
+    rows = [{"steps": steps, "trained": steps in trained, "answers": by_len[steps]["n"],
+             "format": by_len[steps]["format"] / by_len[steps]["n"],
+             "accuracy": by_len[steps]["right"] / by_len[steps]["n"],
+             "first_wrong_line": [first[steps][k] for k in range(1, steps + 2)]} for steps in sorted(by_len)]
+    return {"model": args.model, "precision": args.precision, "temperature": args.temperature,
+            "samples": args.samples, "problems": len(held), "seconds": round(seconds, 1), "by_steps": rows,
+            "kinds": dict(kinds.most_common())}
+
+
+def _steps(row: dict) -> str:
+    return f"{row['steps']}{'' if row['trained'] else ' (not trained)'}"
+
+
+def table(record: dict) -> str:
+    """One model's tables: by chain length, then what the first wrong line got wrong."""
+    r = record["results"]
+    lines = [bench_record.describe(record), "",
+             f"{r['model']}, {r['precision']}, temperature {r['temperature']:g}, {r['samples']} sample(s) per problem, "
+             f"{r['problems']} problems, {r['seconds']:.0f} s of sampling", "",
+             "| steps | answers | format | accuracy | first wrong line (line 1, 2, ..., then `Answer:`) |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {_steps(row)} | {row['answers']} | {row['format']:.1%} | {row['accuracy']:.1%} "
+              f"| {' / '.join(map(str, row['first_wrong_line']))} |" for row in r["by_steps"]]
+    failures = sum(n for kind, n in r["kinds"].items() if kind != "right")
+    lines += ["", "| what the first wrong line got wrong | answers | share of the failures |", "|---|---|---|",
+              f"| (right answer) | {r['kinds'].get('right', 0)} | |"]
+    lines += [f"| {KINDS[kind]} | {n} | {n / failures:.0%} |" for kind, n in r["kinds"].items() if kind != "right"]
+    return "\n".join(lines)
+
+
+def compare(before: dict, after: dict) -> str:
+    """The before/after table of two models on the same held-out chains."""
+    b, a = before["results"], after["results"]
+    if [row["steps"] for row in b["by_steps"]] != [row["steps"] for row in a["by_steps"]]:
+        raise SystemExit("the two records hold different chain lengths: run both with the same --extra-steps")
+    lines = [f"before: {bench_record.describe(before)}", f"after: {bench_record.describe(after)}", "",
+             "| steps | answers | format before | format after | accuracy before | accuracy after "
+             "| first wrong line after (line 1, 2, ...) |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {_steps(y)} | {y['answers']} | {x['format']:.1%} | {y['format']:.1%} | {x['accuracy']:.1%} "
+              f"| {y['accuracy']:.1%} | {' / '.join(map(str, y['first_wrong_line']))} |"
+              for x, y in zip(b["by_steps"], a["by_steps"])]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="built-in name or Hugging Face directory (an SFT export)")
+    p.add_argument("--config", default="configs/sft_chain.yaml", help="the SFT config whose held-out chains to use")
+    p.add_argument("--extra-steps", type=int, nargs="*", default=[], help="chain lengths to add (not trained on)")
+    p.add_argument("--extra-count", type=int, default=100, help="held-out problems per extra length")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0: greedy)")
+    p.add_argument("--samples", type=int, default=1, help="answers per problem")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=["32-true", "bf16-mixed"], default="32-true",
+                   help="bf16-mixed samples under the bf16 autocast of an RL run with precision auto on "
+                        "a bf16 CPU; at temperature 1 the two formats differ by points (docs/results.md 6.2)")
+    p.add_argument("--out", type=Path, help="store the record here (JSON)")
+    p.add_argument("--report", type=Path, nargs="+", metavar="RECORD",
+                   help="print a stored record's tables (two records: the before/after table) and exit")
+    args = p.parse_args()
+    if args.report:
+        if len(args.report) > 2:
+            p.error("--report takes one record, or two (before, after)")
+        records = [bench_record.load(path) for path in args.report]
+        print(table(records[0]) if len(records) == 1 else compare(*records))
+        return
+    if not args.model:
+        p.error("--model is required unless --report is given")
+    print(table(bench_record.save(args.out, measure(args))))
 
 
 if __name__ == "__main__":

@@ -134,6 +134,17 @@ def test_tool_chains(tmp_path):
     assert "| 4 (not trained) | 2 |" in table
 
 
+def test_chain_format(tmp_path):
+    record, _ = _stored_and_reported("chain_format.py", tmp_path / "cf.json", "--model", "tiny-random-llama",
+                                     "--extra-steps", "4", "--extra-count", "2", "--max-new-tokens", "8")
+    rows = record["results"]["by_steps"]
+    assert [(r["steps"], r["trained"], r["answers"]) for r in rows] == [(2, True, 150), (3, True, 150), (4, False, 2)]
+    assert sum(record["results"]["kinds"].values()) == 302 and all(len(r["first_wrong_line"]) == r["steps"] + 1
+                                                                    for r in rows)
+    both = _run("scripts/chain_format.py", "--report", str(tmp_path / "cf.json"), str(tmp_path / "cf.json"))
+    assert "| 4 (not trained) | 2 |" in both and both.count("\n| ") == 4  # header, 3 lengths
+
+
 def test_bad_inputs_report_of_the_stored_pair():
     out = _run("scripts/bad_inputs.py", "--report", str(DATA / "bad_inputs/before.json"),
                str(DATA / "bad_inputs/after.json"))
@@ -192,6 +203,17 @@ def test_stored_credit_localisation_prints_the_published_rows(tmp_path):
     rows = [line for line in out.splitlines() if line.startswith("| ")]
     published = (ROOT / "docs" / "results.md").read_text()
     assert len(rows) == 9 and [r for r in rows if r not in published] == []  # header, 8 estimators
+
+
+def test_stored_cold_start_prints_the_published_rows():
+    published = (ROOT / "docs" / "results.md").read_text()
+    out = _run("scripts/chain_format.py", "--report", str(DATA / "cold_start/before.json"),
+               str(DATA / "cold_start/after.json"))
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    assert len(rows) == 4 and [r for r in rows if r not in published] == []  # header, 3 lengths (section 5)
+    out = _run("scripts/chain_format.py", "--report", str(DATA / "cold_start/errors.json"))
+    kinds = [line for line in out.split("| what the first wrong line")[1].splitlines() if line.startswith("| ")]
+    assert len(kinds) == 6 and [r for r in kinds if r not in published] == []  # right answers, 5 kinds (6.1)
 
 
 @pytest.mark.parametrize("stored", ["sft_calculator.json", "rl_calculator_grpo_seed0.json"])
