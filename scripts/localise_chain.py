@@ -3,6 +3,9 @@
     python scripts/localise_chain.py run --model runs/sft_chain/export --steps 3
     python scripts/localise_chain.py report
 
+The runs behind docs/results.md 6.3 and 6.4 are stored under docs/data/localise_chain/ and
+docs/data/localise_chain_repairs/ (each run's credit rows and CSV log); ``report`` reads them.
+
 Each estimator runs ``ibpo fit -c configs/chain_rl.yaml -c configs/estimators/<name>.yaml`` for
 ``--steps`` steps with the learning rate at 0, so every step samples from the same (SFT) model and
 the credit is computed on its own failures; with one seed the fresh samples of a step are the same
@@ -50,6 +53,15 @@ ESTIMATORS = {  # name -> estimator overlays and overrides on the chain config
     "ibpo_both": ([], ["--estimator.init_args.reference", "both"]),
     "ibpo_solution_line": ([], ["--estimator.init_args.reference", "solution", "--estimator.init_args.repair_prompt", "line"]),
 }
+LABELS = {  # name -> how the tables name it
+    "grpo": "GRPO", "dr_grpo": "Dr.GRPO", "gspo": "GSPO", "rloo": "RLOO", "dapo": "DAPO",
+    "reinforce_pp": "REINFORCE++", "reinforce_pp_baseline": "REINFORCE++-baseline",
+    "ibpo_whole": "IBPO, sibling, whole-answer repair", "ibpo_line": "IBPO, sibling, line repair",
+    "ibpo_revision": "IBPO, sibling, line repair + `train_on_revision`", "srpo": "SRPO", "rrpo": "RRPO",
+    "vineppo": "VinePPO (9 probes a line)", "spo": "SPO (8-token segments)", "acpo": "ACPO",
+    "ktae": "KTAE", "tempo": "TEMPO", "forking": "forking tokens (top 20% by entropy)",
+    "ibpo_solution": "IBPO, solution, whole-answer repair", "ibpo_both": "IBPO, sibling and solution, whole-answer repair",
+    "ibpo_solution_line": "IBPO, solution, line repair"}
 
 
 def run(args) -> None:
@@ -127,6 +139,10 @@ def repairs(csv_dir: Path) -> dict[str, float] | None:
             "edited": sum(edited) / repaired if repaired else float("nan"), "repaired": repaired}
 
 
+def _f(value: float) -> str:
+    return "—" if value != value else f"{value:.3f}"  # nan: no such rows
+
+
 def report(args) -> None:
     summary = {}
     print("| estimator | rows with blame | blame from the first wrong line on | tokens there | AUC "
@@ -138,21 +154,22 @@ def report(args) -> None:
             continue
         loc = localisation(path)
         summary[name] = {**loc, "repairs": repairs(args.root / name / "csv")}
-        print(f"| {name} | {loc['rows']} | {loc['share']:.3f} | {loc['token_share']:.3f} | {loc['auc']:.3f} "
-              f"| {loc['shaped_rows']} | {loc['shaped_auc']:.3f} |")
+        print(f"| {LABELS[name]} | {loc['rows']} | {_f(loc['share'])} | {_f(loc['token_share'])} | {_f(loc['auc'])} "
+              f"| {loc['shaped_rows']} | {_f(loc['shaped_auc'])} |")
     print("\n| IBPO reading | repairs tried | verified | success rate | wrong answers repaired | edited-token fraction "
           "| masked rows: credit from the first wrong line on | masked rows with positive credit |")
     print("|---|---|---|---|---|---|---|---|")
     for name, s in summary.items():
         r = s["repairs"]
         if r and r["tried"]:
-            print(f"| {name} | {r['tried']:.0f} | {r['verified']:.0f} | {r['verified'] / r['tried']:.1%} "
-                  f"| {r['repaired']:.0f} | {r['edited']:.3f} | {s['masked_after']:.3f} "
+            print(f"| {LABELS[name]} | {r['tried']:.0f} | {r['verified']:.0f} | {r['verified'] / r['tried']:.1%} "
+                  f"| {r['repaired']:.0f} | {_f(r['edited'])} | {_f(s['masked_after'])} "
                   f"| {s['masked_positive']} of {s['masked_rows']} |")
     if not summary:
         sys.exit(f"no finished run under {args.root}: run `localise_chain.py run` first")
-    (args.root / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"\nwrote {args.root / 'summary.json'}")
+    out = args.summary or args.root / "summary.json"
+    out.write_text(json.dumps(summary, indent=1))
+    print(f"\nwrote {out}")
 
 
 def main() -> None:
@@ -160,8 +177,10 @@ def main() -> None:
     parser.add_argument("command", choices=["run", "report"])
     parser.add_argument("--config", default="configs/chain_rl.yaml")
     parser.add_argument("--model", default="runs/sft_chain/export", help="the SFT stage's export")
-    parser.add_argument("--root", type=Path, default=Path("runs/localise_chain"))
+    parser.add_argument("--root", type=Path, default=Path("docs/data/localise_chain"))
     parser.add_argument("--estimators", nargs="+", default=list(ESTIMATORS), choices=list(ESTIMATORS))
+    parser.add_argument("--summary", type=Path, default=None, help="report: where to write the figures "
+                        "as JSON (default: <root>/summary.json)")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--prompts", type=int, default=8, help="prompts per step")
     parser.add_argument("--seed", type=int, default=0)

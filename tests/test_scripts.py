@@ -216,6 +216,17 @@ def test_stored_cold_start_prints_the_published_rows():
     assert len(kinds) == 6 and [r for r in kinds if r not in published] == []  # right answers, 5 kinds (6.1)
 
 
+@pytest.mark.parametrize("root, rows", [("localise_chain", 22), ("localise_chain_repairs", 10)])
+def test_stored_chain_localisation_prints_the_published_rows(tmp_path, root, rows):
+    out = _run("scripts/localise_chain.py", "report", "--root", str(DATA / root), "--summary", str(tmp_path / "s.json"))
+    if root == "localise_chain":  # 6.3 and 9.1 publish its credit table; its repair counts are 9.2's, from 12 steps
+        out = out.split("| IBPO reading")[0]
+    printed = [line for line in out.splitlines() if line.startswith("| ")]
+    published = (ROOT / "docs" / "results.md").read_text()
+    assert len(printed) == rows and [r for r in printed if r not in published] == []  # 6.3, 6.4, 9.1, 9.2
+    assert json.loads((tmp_path / "s.json").read_text())
+
+
 @pytest.mark.parametrize("stored", ["sft_calculator.json", "rl_calculator_grpo_seed0.json"])
 def test_stored_tool_chains_print_the_published_rows(stored):
     out = _run("scripts/tool_chains.py", "--report", str(DATA / "tool_chains" / stored))
