@@ -132,6 +132,10 @@ def _steps(row: dict) -> str:
     return f"{row['steps']}{'' if row['trained'] else ' (not trained)'}"
 
 
+def _spread(row: dict) -> str:
+    return " / ".join(map(str, row["first_wrong_line"]))
+
+
 def table(record: dict) -> str:
     """One model's tables: by chain length, then what the first wrong line got wrong."""
     r = record["results"]
@@ -141,7 +145,7 @@ def table(record: dict) -> str:
              "| steps | answers | format | accuracy | first wrong line (line 1, 2, ..., then `Answer:`) |",
              "|---|---|---|---|---|"]
     lines += [f"| {_steps(row)} | {row['answers']} | {row['format']:.1%} | {row['accuracy']:.1%} "
-              f"| {' / '.join(map(str, row['first_wrong_line']))} |" for row in r["by_steps"]]
+              f"| {_spread(row)} |" for row in r["by_steps"]]
     failures = sum(n for kind, n in r["kinds"].items() if kind != "right")
     lines += ["", "| what the first wrong line got wrong | answers | share of the failures |", "|---|---|---|",
               f"| (right answer) | {r['kinds'].get('right', 0)} | |"]
@@ -158,7 +162,7 @@ def compare(before: dict, after: dict) -> str:
              "| steps | answers | format before | format after | accuracy before | accuracy after "
              "| first wrong line after (line 1, 2, ...) |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {_steps(y)} | {y['answers']} | {x['format']:.1%} | {y['format']:.1%} | {x['accuracy']:.1%} "
-              f"| {y['accuracy']:.1%} | {' / '.join(map(str, y['first_wrong_line']))} |"
+              f"| {y['accuracy']:.1%} | {_spread(y)} |"
               for x, y in zip(b["by_steps"], a["by_steps"])]
     return "\n".join(lines)
 
