@@ -114,11 +114,11 @@ SETTINGS = {
                                  "--rollout.engine", "tests.helpers.ScriptedToolEngine"],
     "dapo-dynamic_sampling": ["-c", "configs/estimators/dapo.yaml"],
     "ibpo-dynamic_sampling-ddp": IBPO + ["--rollout.dynamic_sampling.max_rounds", "4"] + DDP,
-    # GRPO under FSDP2; and the adaptive entropy coefficient moves every update: a resume must
-    # carry it, not restart it
-    "grpo-adaptive_entropy-fsdp2": GRPO + ["--model.loss.target_entropy", "50.0",
+    # IBPO under FSDP2 (GRPO's FSDP2 resume is the sharded-save test below); and the adaptive
+    # entropy coefficient moves every update: a resume must carry it, not restart it
+    "ibpo-adaptive_entropy-fsdp2": IBPO + ["--estimator.init_args.ref_policy", "random",
+                                           "--model.loss.target_entropy", "50.0",
                                            "--model.loss.entropy_coef_step", "0.01"] + FSDP2,
-    "ibpo-fsdp2": IBPO + ["--estimator.init_args.ref_policy", "random"] + FSDP2,
     "ibpo-vllm": IBPO + ["--estimator.init_args.ref_policy", "random", "--rollout.dynamic_sampling.max_rounds", "4"] + VLLM,
 }
 

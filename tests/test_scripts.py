@@ -4,9 +4,12 @@ few rows) and its ``--report`` reads back what its ``--out`` stored; the stored 
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import json
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -25,11 +28,26 @@ def _run(*args: str, timeout: int = 600) -> str:
     return proc.stdout
 
 
+def _report(*args: str) -> str:
+    """What a script prints, run in this process: the report paths only read stored files, and a
+    process of their own would spend most of its time importing Lightning again."""
+    argv, out = sys.argv, io.StringIO()
+    sys.argv = [str(ROOT / args[0]), *args[1:]]
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(str(ROOT / args[0]), run_name="__main__")
+    except SystemExit as exit:
+        assert exit.code in (None, 0), f"{args[0]} exited with {exit.code}"
+    finally:
+        sys.argv = argv
+    return out.getvalue()
+
+
 def _stored_and_reported(script: str, out: Path, *args: str) -> tuple[dict, str]:
     printed = _run(f"scripts/{script}", *args, "--out", str(out))
     record = json.loads(out.read_text())
     assert record["machine"]["cpu"] and record["command"].startswith("python scripts/")
-    reported = _run(f"scripts/{script}", "--report", str(out))
+    reported = _report(f"scripts/{script}", "--report", str(out))
     assert reported.strip() == printed.strip().splitlines()[-1] or reported.strip() in printed
     return record, reported
 
@@ -163,42 +181,42 @@ STORED = {  # report command -> the stored output(s) it reads; each printed tabl
 @pytest.mark.parametrize("script", list(STORED))
 def test_stored_benchmarks_print_the_published_rows(script):
     args = [a if a.startswith("--") else str(DATA / a) for a in STORED[script]]
-    out = _run(f"scripts/{script}", *args)
+    out = _report(f"scripts/{script}", *args)
     rows = [line for line in out.splitlines() if line.startswith("| ")]
     published = (ROOT / "docs" / "benchmarks.md").read_text()
     assert rows and [r for r in rows if r not in published] == []
 
 
 def test_stored_trl_comparison_prints_the_published_rows():
-    out = _run("scripts/bench_trl_report.py", str(DATA / "benchmarks/trl"))
+    out = _report("scripts/bench_trl_report.py", str(DATA / "benchmarks/trl"))
     rows = [line for line in out.splitlines() if line.startswith(("| ", "TRL "))]
     published = (ROOT / "docs" / "results.md").read_text()
     assert len(rows) == 6 and [r for r in rows if r not in published] == []  # header, 3 runs, 2 ratios
 
 
 def test_stored_precision_runs_print_the_published_rows():
-    out = _run("scripts/bench_precision.py", "--seeds", "0", "1", "--out", str(DATA / "benchmarks/precision"))
+    out = _report("scripts/bench_precision.py", "--seeds", "0", "1", "--out", str(DATA / "benchmarks/precision"))
     rows = [line for line in out.splitlines() if line.startswith("| ")]
     published = (ROOT / "docs" / "benchmarks.md").read_text()
     assert len(rows) == 15 and [r for r in rows if r not in published] == []  # 4 runs and 2 phase tables, headers
 
 
 def test_stored_quickstart_study_prints_the_published_rows(tmp_path):
-    out = _run("scripts/study.py", "report", "--out", str(tmp_path / "study.png"))
+    out = _report("scripts/study.py", "report", "--out", str(tmp_path / "study.png"))
     rows = [line for line in out.splitlines() if line.startswith("| ")]
     published = (ROOT / "docs" / "results.md").read_text()
     assert len(rows) == 12 and [r for r in rows if r not in published] == []  # 2 tables: header, 5 estimators
 
 
 def test_stored_chain_study_at_equal_tokens_prints_the_published_rows(tmp_path):
-    out = _run("scripts/study.py", "report", "--study", "chain", "--out", str(tmp_path / "study.png"))
+    out = _report("scripts/study.py", "report", "--study", "chain", "--out", str(tmp_path / "study.png"))
     rows = [line for line in out.split("at equal generated tokens: 179980")[1].splitlines() if line.startswith("| ")]
     published = (ROOT / "docs" / "results.md").read_text()
     assert len(rows) == 9 and [r for r in rows if r not in published] == []  # header, 8 arms
 
 
 def test_stored_credit_localisation_prints_the_published_rows(tmp_path):
-    out = _run("scripts/credit_localisation.py", "--report-only", "--root", str(DATA / "credit_localisation"),
+    out = _report("scripts/credit_localisation.py", "--report-only", "--root", str(DATA / "credit_localisation"),
                "--out", str(tmp_path / "credit.png"))
     rows = [line for line in out.splitlines() if line.startswith("| ")]
     published = (ROOT / "docs" / "results.md").read_text()
@@ -207,18 +225,18 @@ def test_stored_credit_localisation_prints_the_published_rows(tmp_path):
 
 def test_stored_cold_start_prints_the_published_rows():
     published = (ROOT / "docs" / "results.md").read_text()
-    out = _run("scripts/chain_format.py", "--report", str(DATA / "cold_start/before.json"),
+    out = _report("scripts/chain_format.py", "--report", str(DATA / "cold_start/before.json"),
                str(DATA / "cold_start/after.json"))
     rows = [line for line in out.splitlines() if line.startswith("| ")]
     assert len(rows) == 4 and [r for r in rows if r not in published] == []  # header, 3 lengths (section 5)
-    out = _run("scripts/chain_format.py", "--report", str(DATA / "cold_start/errors.json"))
+    out = _report("scripts/chain_format.py", "--report", str(DATA / "cold_start/errors.json"))
     kinds = [line for line in out.split("| what the first wrong line")[1].splitlines() if line.startswith("| ")]
     assert len(kinds) == 6 and [r for r in kinds if r not in published] == []  # right answers, 5 kinds (6.1)
 
 
 @pytest.mark.parametrize("root, rows", [("localise_chain", 22), ("localise_chain_repairs", 10)])
 def test_stored_chain_localisation_prints_the_published_rows(tmp_path, root, rows):
-    out = _run("scripts/localise_chain.py", "report", "--root", str(DATA / root), "--summary", str(tmp_path / "s.json"))
+    out = _report("scripts/localise_chain.py", "report", "--root", str(DATA / root), "--summary", str(tmp_path / "s.json"))
     if root == "localise_chain":  # 6.3 and 9.1 publish its credit table; its repair counts are 9.2's, from 12 steps
         out = out.split("| IBPO reading")[0]
     printed = [line for line in out.splitlines() if line.startswith("| ")]
@@ -229,7 +247,7 @@ def test_stored_chain_localisation_prints_the_published_rows(tmp_path, root, row
 
 @pytest.mark.parametrize("stored", ["sft_calculator.json", "rl_calculator_grpo_seed0.json"])
 def test_stored_tool_chains_print_the_published_rows(stored):
-    out = _run("scripts/tool_chains.py", "--report", str(DATA / "tool_chains" / stored))
+    out = _report("scripts/tool_chains.py", "--report", str(DATA / "tool_chains" / stored))
     rows = [line for line in out.splitlines() if line.startswith("| ")]
     published = (ROOT / "docs" / "results.md").read_text()
     assert len(rows) == 5 and [r for r in rows if r not in published] == []  # header, 4 lengths
@@ -250,7 +268,7 @@ def test_episode_cost_reads_a_stored_run_and_refuses_unlabelled_runs(tmp_path):
 
 
 def test_stored_episode_cost_prints_the_published_rows():
-    out = _run("scripts/episode_cost.py", "--report", str(DATA / "tool_chains" / "episode_cost.json"))
+    out = _report("scripts/episode_cost.py", "--report", str(DATA / "tool_chains" / "episode_cost.json"))
     rows = [line for line in out.splitlines() if line.startswith("| ")]
     published = (ROOT / "docs" / "results.md").read_text()
     assert len(rows) == 3 and [r for r in rows if r not in published] == []  # header, no tool, calculator
