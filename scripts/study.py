@@ -340,7 +340,7 @@ def main() -> None:
     parser.add_argument("--export", type=Path, default=None,
                         help="save each run's final policy in Hugging Face format under EXPORT/<study>/<estimator>/seed<k>")
     parser.add_argument("--ckpt-every", type=int, default=5, help="checkpoint every this many steps (a rerun resumes)")
-    parser.add_argument("--checkpoints", type=Path, default=ROOT / "runs" / "study_checkpoints",
+    parser.add_argument("--checkpoints", type=Path, default=Path("runs") / "study_checkpoints",
                         help="where unfinished runs keep their checkpoints")
     parser.add_argument("--out", type=Path, default=None, help="the plot (default: docs/img/study_<study>.png)")
     args = parser.parse_args()
