@@ -317,8 +317,11 @@ def equal_tokens(runs: dict, names: list[str], before: dict[str, float], shown: 
             at = {seed: value_at(curves[name, seed][key], budget) for seed in seeds}
             delta = [at[seed] - value_at(curves["grpo", seed][key], budget) for seed in seeds
                      if name != "grpo" and ("grpo", seed) in curves]
-            se = statistics.stdev(delta) / math.sqrt(len(delta)) if len(delta) > 1 else float("nan")
-            paired = f"{100 * statistics.mean(delta):+.1f} ± {100 * se:.1f}" if delta else "—"
+            paired = f"{100 * statistics.mean(delta):+.1f}" if delta else "—"
+            if len(delta) > 1:
+                paired += f" ± {100 * statistics.stdev(delta) / math.sqrt(len(delta)):.1f}"
+            elif delta:
+                paired += " (one seed: no se)"
             cells.append(f" {ms(list(at.values()), 100, 1)} ({' / '.join(f'{100 * v:.1f}' for v in at.values())}) "
                          f"| {paired} |")
         print(f"| {name.upper()} | {len(seeds)} |{''.join(cells)}")

@@ -215,6 +215,18 @@ def test_stored_chain_study_at_equal_tokens_prints_the_published_rows(tmp_path):
     assert len(rows) == 9 and [r for r in rows if r not in published] == []  # header, 8 arms
 
 
+def test_stored_chain_credit_study_prints_the_published_rows(tmp_path):
+    """Section 9.3 publishes the report of every finished run of the study as it stands; a run
+    committed without its rows in the text, or a hand-edited figure, fails here."""
+    out = _report("scripts/study.py", "report", "--study", "chain_credit", "--out", str(tmp_path / "study.png"))
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    arms = {done.parent.parent.name for done in (DATA / "study_chain_credit").glob("*/*/done")}
+    text = (ROOT / "docs" / "results.md").read_text()
+    section = text.split("### 9.3 ")[1].split("\n## ")[0]
+    assert len(arms) >= 2 and len(rows) == 2 * (1 + len(arms))  # two tables: a header, an arm a row
+    assert [r for r in rows if r not in section] == []
+
+
 def test_stored_credit_localisation_prints_the_published_rows(tmp_path):
     out = _report("scripts/credit_localisation.py", "--report-only", "--root", str(DATA / "credit_localisation"),
                "--out", str(tmp_path / "credit.png"))
