@@ -231,6 +231,11 @@ def ms(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
 
 
+def stored_seeds(root: Path) -> list[int]:
+    """The seeds with a run folder under ``root`` (``<estimator>/seed<k>``): what a report reads by default."""
+    return sorted({int(d.name[4:]) for d in root.glob("*/seed*") if d.is_dir() and d.name[4:].isdigit()})
+
+
 def report(args) -> None:
     runs = {(name, seed): read_series(run_dir(args.root, name, seed) / "csv") for name in args.estimators
             for seed in args.seeds if finished(run_dir(args.root, name, seed))}
@@ -333,7 +338,8 @@ def main() -> None:
     parser.add_argument("--study", choices=list(STUDIES), default="quickstart")
     parser.add_argument("--root", type=Path, default=None, help="default: the study's")
     parser.add_argument("--estimators", nargs="+", default=None, help="default: the study's")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="default: run 0 1 2; report every seed stored under the study's root")
     parser.add_argument("--steps", type=int, default=None, help="default: the study's")
     parser.add_argument("--val-every", type=int, default=None, help="steps between held-out passes (default: the study's, else at the end)")
     parser.add_argument("--noise-every", type=int, default=5)
@@ -353,6 +359,8 @@ def main() -> None:
     unknown = sorted(set(args.estimators) - set(study.estimators))
     if unknown:
         parser.error(f"--estimators {unknown}: the {args.study} study has {sorted(study.estimators)}")
+    if args.seeds is None:
+        args.seeds = [0, 1, 2] if args.command == "run" else stored_seeds(args.root)
     args.steps = args.steps or study.steps
     args.val_every = args.val_every or study.val_every
     args.out = args.out or Path(f"docs/img/study_{args.study}.png")

@@ -42,10 +42,10 @@ def _write_run(out: Path, val: list[tuple[int, float, float]], rewards: list[flo
 def test_study_report_pairs_each_seed_with_grpo(tmp_path, capsys, monkeypatch):
     study = _script("study")
     _write_run(tmp_path / "grpo" / "seed0", [(0, 0.30, 0.40), (4, 0.40, 0.45)], [0.3, 0.4, 0.5, 0.5], 100)
-    _write_run(tmp_path / "grpo" / "seed1", [(4, 0.50, 0.50)], [0.4, 0.4, 0.4, 0.4], 100)
+    _write_run(tmp_path / "grpo" / "seed3", [(4, 0.50, 0.50)], [0.4, 0.4, 0.4, 0.4], 100)  # beyond run's 0 1 2
     _write_run(tmp_path / "ibpo" / "seed0", [(4, 0.45, 0.55)], [0.3, 0.3, 0.3, 0.3], 150)
-    _write_run(tmp_path / "ibpo" / "seed1", [(4, 0.60, 0.50)], [0.3, 0.3, 0.3, 0.3], 150)
-    (tmp_path / "ibpo" / "seed2" / "csv").mkdir(parents=True)  # an interrupted run: no done file
+    _write_run(tmp_path / "ibpo" / "seed3", [(4, 0.60, 0.50)], [0.3, 0.3, 0.3, 0.3], 150)
+    (tmp_path / "ibpo" / "seed4" / "csv").mkdir(parents=True)  # an interrupted run: no done file
     monkeypatch.setattr(sys, "argv", ["study.py", "report", "--study", "chain", "--root", str(tmp_path),
                                       "--estimators", "grpo", "ibpo", "--out", str(tmp_path / "s.png")])
     study.main()
@@ -54,13 +54,13 @@ def test_study_report_pairs_each_seed_with_grpo(tmp_path, capsys, monkeypatch):
     assert "held-out accuracy 0.300, held-out greedy accuracy 0.400" in out  # the first run's pass before
     ibpo = next(line for line in out.splitlines() if line.startswith("| IBPO"))
     cells = [c.strip() for c in ibpo.split("|")[1:-1]]
-    assert cells[1] == "2"  # the interrupted seed is left out
+    assert cells[1] == "2"  # every stored seed is read (no --seeds), the interrupted one left out
     assert cells[2] == "52.5 ± 10.6 (45.0 / 60.0)"  # sampled accuracy after
     assert cells[3] == "22.5 ± 10.6"  # gain over the 0.30 before
     assert cells[4] == "7.5 ± 3.5"  # minus GRPO's on the same seed: +5 and +10 points
     assert cells[7] == "5.0 ± 7.1"  # greedy minus GRPO's: +10 and 0 points
     assert cells[9] == "600"  # generated tokens: 4 steps x 150
-    assert study.finished(tmp_path / "ibpo" / "seed0") and not study.finished(tmp_path / "ibpo" / "seed2")
+    assert study.finished(tmp_path / "ibpo" / "seed0") and not study.finished(tmp_path / "ibpo" / "seed4")
 
 
 def test_study_rejects_an_estimator_the_study_does_not_have(tmp_path):
