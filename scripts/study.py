@@ -301,13 +301,13 @@ def report(args) -> None:
         print(f"| {name.upper()} | {len(per)} |{''.join(cells)} {ms(col('reward_mean'))} "
               f"| {statistics.mean(col('tokens')):.0f} | {ms(col('noise_first'))} "
               f"| {ms(noise) if paired else '—'} | {ms(col('noise_mean'))} |")
-    equal_tokens(runs, [name for name, _ in rows], before, shown)
+    equal_tokens(runs, [name for name, _ in rows], before, shown, args.out)
 
 
-def equal_tokens(runs: dict, names: list[str], before: dict[str, float], shown: list[str]) -> None:
+def equal_tokens(runs: dict, names: list[str], before: dict[str, float], shown: list[str], out: Path) -> None:
     """Held-out accuracy of every run at one budget of generated tokens (every kind): the smallest
     any run reached, each run's readings interpolated linearly in tokens; paired by seed with GRPO,
-    the mean difference with its standard error (sd / sqrt(seeds))."""
+    the mean difference with its standard error (sd / sqrt(seeds)), printed and plotted to ``out``."""
     if not runs or not shown:
         return
     curves = {(name, seed): {key: by_tokens(s, key, before.get(key)) for key in shown} for (name, seed), s in runs.items()}
@@ -315,6 +315,7 @@ def equal_tokens(runs: dict, names: list[str], before: dict[str, float], shown: 
     print(f"\nat equal generated tokens: {budget:.0f} (the smallest budget every run reached)\n")
     print("| estimator | seeds |" + "".join(f" {VAL[k]}, % (per seed) | − GRPO's, same seed: mean ± se |" for k in shown))
     print("|---|---|" + "---|---|" * len(shown))
+    paired_by = {}  # (estimator, key) -> paired differences with GRPO, one per seed
     for name in names:
         seeds = sorted(seed for n, seed in curves if n == name)
         cells = []
@@ -329,7 +330,34 @@ def equal_tokens(runs: dict, names: list[str], before: dict[str, float], shown: 
                 paired += " (one seed: no se)"
             cells.append(f" {ms(list(at.values()), 100, 1)} ({' / '.join(f'{100 * v:.1f}' for v in at.values())}) "
                          f"| {paired} |")
+            if delta:
+                paired_by[name, key] = [100 * d for d in delta]
         print(f"| {name.upper()} | {len(seeds)} |{''.join(cells)}")
+    if paired_by:
+        plot_paired(paired_by, [n for n in names if any((n, k) in paired_by for k in shown)], shown, budget, out)
+
+
+def plot_paired(paired_by: dict, names: list[str], shown: list[str], budget: float, out: Path) -> None:
+    """One row per arm (GRPO's colour C0, then the report's order): each seed's difference with GRPO at
+    equal tokens (grey dots), the mean with twice its standard error (the target: a bar clear of zero)."""
+    fig, axes = plt.subplots(1, len(shown), figsize=(6 * len(shown), 0.5 * len(names) + 1.8), squeeze=False)
+    for ax, key in zip(axes[0], shown):
+        for row, name in enumerate(names):
+            delta = paired_by.get((name, key), [])
+            if not delta:
+                continue
+            ax.scatter(delta, [row] * len(delta), color="grey", alpha=0.6, s=18)
+            two_se = 2 * statistics.stdev(delta) / math.sqrt(len(delta)) if len(delta) > 1 else None
+            ax.errorbar(statistics.mean(delta), row, xerr=two_se, fmt="o", color=f"C{row + 1}", capsize=4)
+        ax.axvline(0, color="black", lw=1)
+        ax.set_yticks(range(len(names)), [f"{n.upper()} ({len(paired_by.get((n, key), []))})" for n in names])
+        ax.invert_yaxis()
+        ax.set(title=f"{VAL[key]} at {budget / 1000:.0f}k tokens", xlabel="− GRPO's, same seed, points\n(dots: seeds; bar: mean ± 2 se)")
+        ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    path = out.with_name(f"{out.stem}_paired{out.suffix}")
+    fig.savefig(path, dpi=110)
+    print(f"\nwrote {path}")
 
 
 def main() -> None:

@@ -51,6 +51,7 @@ def test_study_report_pairs_each_seed_with_grpo(tmp_path, capsys, monkeypatch):
     study.main()
     out = capsys.readouterr().out
     assert (tmp_path / "s.png").stat().st_size > 0
+    assert (tmp_path / "s_paired.png").stat().st_size > 0 and f"wrote {tmp_path / 's_paired.png'}" in out
     assert "held-out accuracy 0.300, held-out greedy accuracy 0.400" in out  # the first run's pass before
     ibpo = next(line for line in out.splitlines() if line.startswith("| IBPO"))
     cells = [c.strip() for c in ibpo.split("|")[1:-1]]
