@@ -334,21 +334,21 @@ def equal_tokens(runs: dict, names: list[str], before: dict[str, float], shown: 
                 paired_by[name, key] = [100 * d for d in delta]
         print(f"| {name.upper()} | {len(seeds)} |{''.join(cells)}")
     if paired_by:
-        plot_paired(paired_by, [n for n in names if any((n, k) in paired_by for k in shown)], shown, budget, out)
+        plot_paired(paired_by, names, shown, budget, out)
 
 
 def plot_paired(paired_by: dict, names: list[str], shown: list[str], budget: float, out: Path) -> None:
-    """One row per arm (GRPO's colour C0, then the report's order): each seed's difference with GRPO at
+    """One row per arm paired with GRPO, in the report's colours: each seed's difference with GRPO at
     equal tokens (grey dots), the mean with twice its standard error (the target: a bar clear of zero)."""
+    colour = {name: f"C{k}" for k, name in enumerate(names)}
+    names = [n for n in names if any((n, key) in paired_by for key in shown)]
     fig, axes = plt.subplots(1, len(shown), figsize=(6 * len(shown), 0.5 * len(names) + 1.8), squeeze=False)
     for ax, key in zip(axes[0], shown):
         for row, name in enumerate(names):
-            delta = paired_by.get((name, key), [])
-            if not delta:
-                continue
-            ax.scatter(delta, [row] * len(delta), color="grey", alpha=0.6, s=18)
-            two_se = 2 * statistics.stdev(delta) / math.sqrt(len(delta)) if len(delta) > 1 else None
-            ax.errorbar(statistics.mean(delta), row, xerr=two_se, fmt="o", color=f"C{row + 1}", capsize=4)
+            if delta := paired_by.get((name, key)):
+                ax.scatter(delta, [row] * len(delta), color="grey", alpha=0.6, s=18)
+                two_se = 2 * statistics.stdev(delta) / math.sqrt(len(delta)) if len(delta) > 1 else None
+                ax.errorbar(statistics.mean(delta), row, xerr=two_se, fmt="o", color=colour[name], capsize=4)
         ax.axvline(0, color="black", lw=1)
         ax.set_yticks(range(len(names)), [f"{n.upper()} ({len(paired_by.get((n, key), []))})" for n in names])
         ax.invert_yaxis()
